@@ -1,0 +1,86 @@
+"""The seed demo: a small GPT-2 memorises a few dozen sentences, then completes prompts.
+
+Each line of the data file is one training sequence: its words followed by ``<eos>``. Generation stops
+at ``<eos>``, so a prompt of a sentence's first words gives back the rest of that sentence.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from .fileio import read_text_file
+from .model import GPT, GPTConfig
+from .optim import AdamW
+from .tokenizers import WordTokenizer
+
+DATA_FILES = {"en": "data_en.txt", "ja": "data.txt"}
+EPOCH_LINES = {"en": "Epoch {epoch}: average loss = {loss:.4f}", "ja": "Epoch {epoch}: 平均損失 = {loss:.4f}"}
+
+
+def data_file(name: str) -> Path:
+    """A file shipped in data/: inside the installed package, or beside it in a source checkout."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "data", here.parent / "data"):
+        if (folder / name).is_file():
+            return folder / name
+    raise ValueError(f"the demo's data file {name} is missing from this installation")
+
+
+def load_sentences(path: str | Path) -> list[str]:
+    """Non-empty lines of a UTF-8 text file; a ValueError says in one line what is wrong with it."""
+    return [line.strip() for line in read_text_file(path, "data file").splitlines() if line.strip()]
+
+
+def batches(seqs: list[list[int]], batch_size: int, rng: np.random.Generator):
+    """Shuffled (inputs, targets) pairs (B, T); short sequences are padded, padding is not scored."""
+    order = rng.permutation(len(seqs))
+    for start in range(0, len(seqs), batch_size):
+        chunk = [seqs[i] for i in order[start : start + batch_size]]
+        T = max(len(s) for s in chunk) - 1
+        x = np.zeros((len(chunk), T), dtype=np.int64)
+        y = np.full((len(chunk), T), -1, dtype=np.int64)
+        for row, s in enumerate(chunk):
+            x[row, : len(s) - 1] = s[:-1]  # predict each next token ...
+            y[row, : len(s) - 1] = s[1:]  # ... from the ones before it
+        yield x, y
+
+
+def train_demo(sentences: list[str], epochs: int = 100, seed: int = 0, batch_size: int = 8,
+               on_epoch: Callable[[int, float], None] | None = None) -> tuple[GPT, WordTokenizer]:
+    """Train a 2-layer GPT-2 on the sentences; on_epoch(epoch, average loss) after each epoch."""
+    tok = WordTokenizer.train("\n".join(sentences))
+    seqs = [tok.encode(s) + [tok.eos_id] for s in sentences]
+    seqs = [s for s in seqs if len(s) >= 2]
+    if not seqs:
+        raise ValueError("the data file has no sentence to learn from")
+    n_ctx = max(16, max(len(s) for s in seqs))
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_ctx=n_ctx, n_embd=64, n_head=4, n_layer=2), seed=seed)
+    opt = AdamW(model.params, lr=3e-3, betas=(0.9, 0.95), weight_decay=0.0)
+    rng = np.random.default_rng(seed)
+    for epoch in range(1, epochs + 1):
+        losses = []
+        for x, y in batches(seqs, batch_size, rng):
+            loss, grads = model.loss_and_grads(x, y)
+            opt.step(grads)
+            losses.append(loss)
+        if on_epoch:
+            on_epoch(epoch, float(np.mean(losses)))
+    return model, tok
+
+
+def complete(model: GPT, tok: WordTokenizer, prompt: str, max_new_tokens: int = 20,
+             temperature: float = 0.0, top_k: int | None = None, seed: int = 0) -> str:
+    """The words the model writes after the prompt, up to <eos> or max_new_tokens."""
+    ids = tok.encode(prompt)
+    if not ids:
+        raise ValueError("the prompt has no words")
+    new = []
+    for step in model.stream(np.array([ids]), max_new_tokens, temperature, top_k, seed, stop_token=tok.eos_id):
+        token = int(step.tokens[0])
+        if token == tok.eos_id:
+            break
+        new.append(token)
+    return tok.decode(new)

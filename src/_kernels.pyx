@@ -1,0 +1,449 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+# cython: initializedcheck=False, nonecheck=False
+"""Compiled kernels: the hot loops of GPT-2's forward and backward passes.
+
+Same names and signatures as ``simple_llm/fallback.py``, the NumPy twin the tests compare against.
+``simple_llm.kernels`` picks one of the two at import time and checks every argument's shape and
+dtype before calling, so the functions here trust their caller and check nothing themselves.
+
+B = batch, T = sequence length, C = channels, NH = heads, hs = C / NH (head size), V = vocabulary,
+N = rows of a 2-D view (B * T).
+
+The conventions are llm.c's: outputs first, then what the forward saves for the backward, then the
+inputs, then the weights, then sizes. A backward *adds* into parameter gradients (the caller zeroes
+them once per step) and *writes* activation gradients, except where its docstring says otherwise.
+Sums are accumulated in double so that float32 results stay close to a float64 reference.
+"""
+from cython cimport floating
+from cython.parallel cimport prange
+from libc.math cimport INFINITY, copysign, exp, fabs, log, sqrt
+from libc.stdint cimport int64_t
+
+cdef extern from *:
+    """
+    #ifdef _OPENMP
+    #include <omp.h>
+    static int simple_llm_max_threads(void) { return omp_get_max_threads(); }
+    #else
+    static int simple_llm_max_threads(void) { return 1; }
+    #endif
+    """
+    int simple_llm_max_threads() noexcept nogil
+
+# Below this many multiply-adds a loop runs on one thread: waking the OpenMP team costs a few
+# microseconds, more than the work of a single generated token's layer norm.
+cdef enum:
+    PARALLEL_MIN_WORK = 32768
+# sqrt(2 / pi) and the cubic term's weight: GPT-2's tanh approximation of GELU.
+cdef double GELU_SCALE = 0.7978845608028654
+cdef double GELU_CUBIC = 0.044715
+
+
+def openmp_threads():
+    """Threads that the ``prange`` loops use (1 when the extension was built without OpenMP)."""
+    return simple_llm_max_threads()
+
+
+# ----------------------------------------------------------------------------------------------
+# token + position embedding
+
+def encoder_forward(floating[:, :, ::1] out, const int64_t[:, ::1] idx,
+                    const floating[:, ::1] wte, const floating[:, ::1] wpe):
+    """out[b, t] = wte[idx[b, t]] + wpe[t].
+
+    out (B, T, C); idx (B, T) token ids; wte (V, C); wpe (>= T, C), row t for position t.
+    """
+    cdef Py_ssize_t B = out.shape[0], T = out.shape[1], C = out.shape[2]
+    cdef Py_ssize_t b, t, c
+    cdef int64_t ix
+    for b in prange(B, nogil=True, schedule='static', use_threads_if=B * T * C > PARALLEL_MIN_WORK):
+        for t in range(T):
+            ix = idx[b, t]
+            for c in range(C):
+                out[b, t, c] = wte[ix, c] + wpe[t, c]
+
+
+def encoder_backward(floating[:, ::1] dwte, floating[:, ::1] dwpe,
+                     const floating[:, :, ::1] dout, const int64_t[:, ::1] idx):
+    """Scatter-add: dwte[idx[b, t]] += dout[b, t]; dwpe[t] += dout[b, t].
+
+    dwte (V, C), dwpe (>= T, C) accumulate; dout (B, T, C); idx (B, T).
+    Serial on purpose: two positions may hold the same token, and their rows of dwte must not race.
+    """
+    cdef Py_ssize_t B = dout.shape[0], T = dout.shape[1], C = dout.shape[2]
+    cdef Py_ssize_t b, t, c
+    cdef int64_t ix
+    with nogil:
+        for b in range(B):
+            for t in range(T):
+                ix = idx[b, t]
+                for c in range(C):
+                    dwte[ix, c] += dout[b, t, c]
+                    dwpe[t, c] += dout[b, t, c]
+
+
+# ----------------------------------------------------------------------------------------------
+# layer norm
+
+cdef inline void _layernorm_row(floating* out, floating* mean, floating* rstd, const floating* x,
+                                const floating* w, const floating* bias, Py_ssize_t C,
+                                double eps) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef double m = 0.0, var = 0.0, d, s
+    for c in range(C):
+        m += x[c]
+    m /= C
+    for c in range(C):
+        d = x[c] - m
+        var += d * d
+    var /= C  # biased variance, as torch.nn.LayerNorm
+    s = 1.0 / sqrt(var + eps)
+    for c in range(C):
+        out[c] = <floating>((x[c] - m) * s * w[c] + bias[c])
+    mean[0] = <floating>m
+    rstd[0] = <floating>s
+
+
+def layernorm_forward(floating[:, ::1] out, floating[::1] mean, floating[::1] rstd,
+                      const floating[:, ::1] inp, const floating[::1] weight,
+                      const floating[::1] bias, double eps):
+    """out = (inp - mean) * rstd * weight + bias, row by row.
+
+    out (N, C); mean, rstd (N,) saved for the backward; inp (N, C); weight, bias (C,).
+    """
+    cdef Py_ssize_t N = inp.shape[0], C = inp.shape[1], i
+    for i in prange(N, nogil=True, schedule='static', use_threads_if=N * C > PARALLEL_MIN_WORK):
+        _layernorm_row(&out[i, 0], &mean[i], &rstd[i], &inp[i, 0], &weight[0], &bias[0], C, eps)
+
+
+cdef inline void _layernorm_row_backward(floating* dx, const floating* dout, const floating* x,
+                                         const floating* w, double mean, double rstd,
+                                         Py_ssize_t C) noexcept nogil:
+    cdef Py_ssize_t c
+    cdef double dnorm, norm, dnorm_mean = 0.0, dnorm_norm_mean = 0.0
+    for c in range(C):
+        dnorm = w[c] * dout[c]
+        dnorm_mean += dnorm
+        dnorm_norm_mean += dnorm * (x[c] - mean) * rstd
+    dnorm_mean /= C
+    dnorm_norm_mean /= C
+    for c in range(C):
+        norm = (x[c] - mean) * rstd
+        dx[c] += <floating>((w[c] * dout[c] - dnorm_mean - norm * dnorm_norm_mean) * rstd)
+
+
+def layernorm_backward(floating[:, ::1] dinp, floating[::1] dweight, floating[::1] dbias,
+                       const floating[:, ::1] dout, const floating[:, ::1] inp,
+                       const floating[::1] weight, const floating[::1] mean,
+                       const floating[::1] rstd):
+    """Backward of layernorm_forward.
+
+    forward was: norm = (inp - mean) * rstd; out = norm * weight + bias, so
+        dbias += sum_rows dout;  dweight += sum_rows norm * dout
+        dinp  += rstd * (dnorm - mean(dnorm) - norm * mean(dnorm * norm)),  dnorm = weight * dout
+    dinp (N, C) is *added to*: the input of a layer norm is the residual stream, whose gradient also
+    arrives through the skip connection. dweight, dbias (C,) accumulate.
+    """
+    cdef Py_ssize_t N = inp.shape[0], C = inp.shape[1], i, c, c0, c1, cb
+    cdef Py_ssize_t COLS = 32  # columns per task: rows stay contiguous for the vectoriser
+    cdef bint parallel = N * C > PARALLEL_MIN_WORK
+    for i in prange(N, nogil=True, schedule='static', use_threads_if=parallel):
+        _layernorm_row_backward(&dinp[i, 0], &dout[i, 0], &inp[i, 0], &weight[0],
+                                mean[i], rstd[i], C)
+    # Parameter gradients sum over rows; splitting the columns among threads keeps them race-free.
+    for cb in prange((C + COLS - 1) // COLS, nogil=True, schedule='static', use_threads_if=parallel):
+        c0 = cb * COLS
+        c1 = min(c0 + COLS, C)
+        for i in range(N):
+            for c in range(c0, c1):
+                dbias[c] += dout[i, c]
+                dweight[c] += (inp[i, c] - mean[i]) * rstd[i] * dout[i, c]
+
+
+# ----------------------------------------------------------------------------------------------
+# softmax
+
+cdef inline void _softmax_row(floating* p, const floating* x, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double m = -INFINITY, total = 0.0, e
+    for j in range(n):
+        if x[j] > m:
+            m = x[j]
+    for j in range(n):
+        e = exp(x[j] - m)
+        p[j] = <floating>e
+        total += e
+    for j in range(n):
+        p[j] = <floating>(p[j] / total)
+
+
+def softmax_forward(floating[:, ::1] probs, const floating[:, ::1] logits):
+    """probs[i] = exp(logits[i] - max) / sum(exp(logits[i] - max)), row by row.
+
+    probs, logits (N, V); probs may be logits itself.
+    """
+    cdef Py_ssize_t N = logits.shape[0], V = logits.shape[1], i
+    for i in prange(N, nogil=True, schedule='static', use_threads_if=N * V > PARALLEL_MIN_WORK):
+        _softmax_row(&probs[i, 0], &logits[i, 0], V)
+
+
+# ----------------------------------------------------------------------------------------------
+# causal self-attention, one head of one sequence at a time
+
+cdef void _attention_head_forward(floating* out, Py_ssize_t out_stride, floating* att,
+                                  const floating* q, const floating* k, const floating* v,
+                                  Py_ssize_t in_stride, const floating* mask,
+                                  Py_ssize_t T, Py_ssize_t Tq, Py_ssize_t hs,
+                                  double scale) noexcept nogil:
+    # q, k, v point at position 0 of this head; position t is `t * in_stride` further on.
+    # att (Tq, T) and mask (Tq, T) are this head's rows; out row i is `i * out_stride` on.
+    cdef Py_ssize_t i, t, t2, c
+    cdef double s, m, total, p
+    cdef floating* row
+    cdef floating* o
+    cdef const floating* qt
+    cdef const floating* kv
+    for i in range(Tq):
+        t = T - Tq + i  # the query's position: it sees keys 0..t
+        qt = q + t * in_stride
+        row = att + i * T
+        m = -INFINITY
+        for t2 in range(t + 1):
+            kv = k + t2 * in_stride
+            s = 0.0
+            for c in range(hs):
+                s += qt[c] * kv[c]
+            s *= scale
+            row[t2] = <floating>s
+            if s > m:
+                m = s
+        total = 0.0
+        for t2 in range(t + 1):
+            p = exp(row[t2] - m)
+            row[t2] = <floating>p
+            total += p
+        for t2 in range(t + 1):
+            row[t2] = <floating>(row[t2] / total)
+        for t2 in range(t + 1, T):
+            row[t2] = 0  # the causal mask: the future gets no weight
+        o = out + i * out_stride
+        for c in range(hs):
+            o[c] = 0
+        for t2 in range(t + 1):
+            p = row[t2] if mask == NULL else row[t2] * mask[i * T + t2]
+            kv = v + t2 * in_stride
+            for c in range(hs):
+                o[c] += <floating>(p * kv[c])
+
+
+def attention_forward(floating[:, :, ::1] out, floating[:, :, :, ::1] att,
+                      const floating[:, :, :] inp, int n_head,
+                      const floating[:, :, :, ::1] mask=None):
+    """Causal self-attention for the last Tq of T positions, all heads.
+
+    out (B, Tq, C): for each head, softmax(q k^T / sqrt(hs)) v over keys at or before the query
+    att (B, NH, Tq, T): the softmax, saved for the backward (zero above the diagonal)
+    inp (B, T, 3C): q, k and v of every position side by side, as c_attn makes them
+    mask (B, NH, Tq, T) or None: dropout's keep-mask, already scaled by 1 / (1 - p)
+    Query i is position T - Tq + i. Training passes Tq == T; generation with a key/value cache passes
+    the whole cache as inp and only the new positions as out. inp may be strided along batch and time
+    (a slice of the cache); its last axis must be contiguous, which the caller checks.
+    """
+    cdef Py_ssize_t B = inp.shape[0], T = inp.shape[1], C = inp.shape[2] // 3
+    cdef Py_ssize_t Tq = out.shape[1], NH = n_head, hs = C // n_head, bh, b, h
+    cdef Py_ssize_t in_stride = inp.strides[1] // sizeof(floating)
+    cdef Py_ssize_t out_stride = out.strides[1] // sizeof(floating)
+    cdef double scale = 1.0 / sqrt(<double>hs)
+    cdef bint masked = mask is not None
+    for bh in prange(B * NH, nogil=True, schedule='static',
+                     use_threads_if=B * NH * Tq * T * hs > PARALLEL_MIN_WORK):
+        b = bh // NH
+        h = bh % NH
+        _attention_head_forward(&out[b, 0, h * hs], out_stride, &att[b, h, 0, 0],
+                                &inp[b, 0, h * hs], &inp[b, 0, C + h * hs],
+                                &inp[b, 0, 2 * C + h * hs], in_stride,
+                                &mask[b, h, 0, 0] if masked else NULL, T, Tq, hs, scale)
+
+
+cdef void _attention_head_backward(floating* dq, floating* dk, floating* dv, Py_ssize_t din_stride,
+                                   floating* datt, const floating* dout, Py_ssize_t dout_stride,
+                                   const floating* q, const floating* k, const floating* v,
+                                   Py_ssize_t in_stride, const floating* att, const floating* mask,
+                                   Py_ssize_t T, Py_ssize_t hs, double scale) noexcept nogil:
+    cdef Py_ssize_t t, t2, c
+    cdef double s, p, keep, dot, g
+    cdef const floating* arow
+    cdef floating* drow
+    cdef const floating* do
+    for t in range(T):
+        for c in range(hs):
+            dq[t * din_stride + c] = 0
+            dk[t * din_stride + c] = 0
+            dv[t * din_stride + c] = 0
+    for t in range(T):
+        arow = att + t * T
+        drow = datt + t * T
+        do = dout + t * dout_stride
+        # forward was: out[t] = sum_t2 att[t2] * keep[t2] * v[t2], so
+        #   datt[t2] = keep[t2] * (dout[t] . v[t2]);  dv[t2] += att[t2] * keep[t2] * dout[t]
+        for t2 in range(t + 1):
+            keep = 1.0 if mask == NULL else mask[t * T + t2]
+            p = arow[t2] * keep
+            s = 0.0
+            for c in range(hs):
+                s += do[c] * v[t2 * in_stride + c]
+                dv[t2 * din_stride + c] += <floating>(p * do[c])
+            drow[t2] = <floating>(s * keep)
+        # forward was: att = softmax(pre), so dpre[t2] = att[t2] * (datt[t2] - sum_j att[j] datt[j])
+        dot = 0.0
+        for t2 in range(t + 1):
+            dot += arow[t2] * drow[t2]
+        # forward was: pre[t2] = scale * (q[t] . k[t2]), so
+        #   dq[t] += scale * dpre[t2] * k[t2];  dk[t2] += scale * dpre[t2] * q[t]
+        for t2 in range(t + 1):
+            g = arow[t2] * (drow[t2] - dot) * scale
+            for c in range(hs):
+                dq[t * din_stride + c] += <floating>(g * k[t2 * in_stride + c])
+                dk[t2 * din_stride + c] += <floating>(g * q[t * in_stride + c])
+
+
+def attention_backward(floating[:, :, ::1] dinp, floating[:, :, :, ::1] datt,
+                       const floating[:, :, ::1] dout, const floating[:, :, ::1] inp,
+                       const floating[:, :, :, ::1] att, int n_head,
+                       const floating[:, :, :, ::1] mask=None):
+    """Backward of attention_forward over whole sequences (Tq == T).
+
+    dinp (B, T, 3C) is written: dq, dk, dv side by side. datt (B, NH, T, T) is scratch.
+    dout (B, T, C); inp (B, T, 3C) and att (B, NH, T, T) as the forward saw and saved them.
+    """
+    cdef Py_ssize_t B = inp.shape[0], T = inp.shape[1], C = inp.shape[2] // 3
+    cdef Py_ssize_t NH = n_head, hs = C // n_head, bh, b, h
+    cdef Py_ssize_t in_stride = inp.strides[1] // sizeof(floating)
+    cdef Py_ssize_t din_stride = dinp.strides[1] // sizeof(floating)
+    cdef Py_ssize_t dout_stride = dout.strides[1] // sizeof(floating)
+    cdef double scale = 1.0 / sqrt(<double>hs)
+    cdef bint masked = mask is not None
+    for bh in prange(B * NH, nogil=True, schedule='static',
+                     use_threads_if=B * NH * T * T * hs > PARALLEL_MIN_WORK):
+        b = bh // NH
+        h = bh % NH
+        _attention_head_backward(&dinp[b, 0, h * hs], &dinp[b, 0, C + h * hs],
+                                 &dinp[b, 0, 2 * C + h * hs], din_stride, &datt[b, h, 0, 0],
+                                 &dout[b, 0, h * hs], dout_stride,
+                                 &inp[b, 0, h * hs], &inp[b, 0, C + h * hs],
+                                 &inp[b, 0, 2 * C + h * hs], in_stride, &att[b, h, 0, 0],
+                                 &mask[b, h, 0, 0] if masked else NULL, T, hs, scale)
+
+
+# ----------------------------------------------------------------------------------------------
+# GELU, tanh approximation (GPT-2's "gelu_new")
+
+cdef inline double _tanh(double u) noexcept nogil:
+    # tanh through one exp: about 3x faster than glibc's tanh, within 2.2e-16 of it (absolute).
+    cdef double e = exp(-2.0 * fabs(u))
+    return copysign((1.0 - e) / (1.0 + e), u)
+
+
+def gelu_forward(floating[::1] out, const floating[::1] inp):
+    """out = 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))), elementwise over flat arrays.
+
+    out may be inp itself.
+    """
+    cdef Py_ssize_t n = inp.shape[0], i
+    cdef double x
+    for i in prange(n, nogil=True, schedule='static', use_threads_if=n > PARALLEL_MIN_WORK):
+        x = inp[i]
+        out[i] = <floating>(0.5 * x * (1.0 + _tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x))))
+
+
+def gelu_backward(floating[::1] dinp, const floating[::1] inp, const floating[::1] dout):
+    """dinp = gelu'(inp) * dout, elementwise over flat arrays; dinp may be dout itself.
+
+    forward was: out = 0.5 x (1 + tanh(u)), u = s (x + a x^3), so
+        gelu'(x) = 0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) s (1 + 3 a x^2)
+    """
+    cdef Py_ssize_t n = inp.shape[0], i
+    cdef double x, th
+    for i in prange(n, nogil=True, schedule='static', use_threads_if=n > PARALLEL_MIN_WORK):
+        x = inp[i]
+        th = _tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x))
+        dinp[i] = <floating>(dout[i] * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th)
+                                        * GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x)))
+
+
+# ----------------------------------------------------------------------------------------------
+# cross-entropy over the softmax of the logits: the loss and the output layer's gradient
+
+cdef inline double _logsumexp_row(const floating* x, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef double m = -INFINITY, total = 0.0
+    for j in range(n):
+        if x[j] > m:
+            m = x[j]
+    for j in range(n):
+        total += exp(x[j] - m)
+    return m + log(total)
+
+
+def crossentropy_forward(floating[::1] losses, floating[::1] lse,
+                         const floating[:, ::1] logits, const int64_t[::1] targets):
+    """losses[i] = log(sum_j exp(logits[i, j])) - logits[i, targets[i]]; 0 where targets[i] < 0.
+
+    losses, lse (N,): the loss and the log-sum-exp saved for the backward; logits (N, V);
+    targets (N,), -1 marks a position that is not scored (padding).
+    """
+    cdef Py_ssize_t N = logits.shape[0], V = logits.shape[1], i
+    cdef double z
+    for i in prange(N, nogil=True, schedule='static', use_threads_if=N * V > PARALLEL_MIN_WORK):
+        z = _logsumexp_row(&logits[i, 0], V)
+        lse[i] = <floating>z
+        losses[i] = <floating>(z - logits[i, targets[i]]) if targets[i] >= 0 else 0
+
+
+def crossentropy_backward(floating[:, ::1] dlogits, const floating[:, ::1] logits,
+                          const floating[::1] lse, const int64_t[::1] targets, double dloss):
+    """dlogits[i] = (softmax(logits[i]) - onehot(targets[i])) * dloss; 0 where targets[i] < 0.
+
+    forward was: loss = lse - logits[target], with lse = log(sum exp(logits)), so
+        dloss/dlogits[j] = exp(logits[j] - lse) - [j == target]
+    dlogits (N, V) is written and may be logits itself; dloss is the gradient of each row's loss
+    (1 / number of scored rows for a mean).
+    """
+    cdef Py_ssize_t N = logits.shape[0], V = logits.shape[1], i, j
+    cdef double z
+    for i in prange(N, nogil=True, schedule='static', use_threads_if=N * V > PARALLEL_MIN_WORK):
+        if targets[i] < 0:
+            for j in range(V):
+                dlogits[i, j] = 0
+        else:
+            z = lse[i]
+            for j in range(V):
+                dlogits[i, j] = <floating>(exp(logits[i, j] - z) * dloss)
+            dlogits[i, targets[i]] -= <floating>dloss
+
+
+# ----------------------------------------------------------------------------------------------
+# AdamW
+
+def adamw_update(floating[::1] params, const floating[::1] grads, floating[::1] m, floating[::1] v,
+                 double lr, double beta1, double beta2, double eps, double weight_decay,
+                 int64_t step):
+    """One AdamW step over flat arrays, exactly as torch.optim.AdamW (step counts from 1).
+
+    params (n,) are updated in place; grads (n,); m, v (n,) the first and second moments.
+        p -= lr * weight_decay * p                        (decoupled weight decay)
+        m  = beta1 m + (1 - beta1) g;   v = beta2 v + (1 - beta2) g^2
+        p -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps)
+    """
+    cdef Py_ssize_t n = params.shape[0], i
+    cdef double step_size = lr / (1.0 - beta1 ** step)
+    cdef double bc2_sqrt = sqrt(1.0 - beta2 ** step)
+    cdef double decay = 1.0 - lr * weight_decay
+    cdef double g, mi, vi
+    for i in prange(n, nogil=True, schedule='static', use_threads_if=n > PARALLEL_MIN_WORK):
+        g = grads[i]
+        mi = m[i] + (1.0 - beta1) * (g - m[i])  # torch's lerp form of beta1 m + (1 - beta1) g
+        vi = beta2 * v[i] + (1.0 - beta2) * g * g
+        m[i] = <floating>mi
+        v[i] = <floating>vi
+        params[i] = <floating>(params[i] * decay - step_size * mi / (sqrt(vi) / bc2_sqrt + eps))

@@ -1,0 +1,89 @@
+"""The seed demo, run as a user runs it: a subprocess with answers piped on stdin."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from tests.conftest import ROOT, assert_one_line_error, run_cli
+
+
+def epoch_losses(stdout, label):
+    return [float(x) for x in re.findall(rf"^Epoch \d+: {label} = ([0-9.]+)$", stdout, re.M)]
+
+
+@pytest.mark.parametrize("backend_env", [{}, {"SIMPLE_LLM_PURE_PYTHON": "1"}], ids=["default", "numpy"])
+def test_english_demo_says_hello_world(backend_env):
+    proc = run_cli("en", input_text="Hello\nThe train\nquit\n", env=backend_env)
+    assert proc.returncode == 0, proc.stderr
+    losses = epoch_losses(proc.stdout, "average loss")
+    assert len(losses) == 100
+    assert losses[-1] < losses[0] / 5  # clearly falling
+    assert "Enter a prompt (or 'quit' to exit): Generated text: world\n" in proc.stdout
+    assert "Generated text: leaves the station at noon\n" in proc.stdout
+    assert proc.stderr == ""
+
+
+def test_japanese_demo_is_the_default():
+    proc = run_cli(input_text="こんにちは\n")  # ends with end of input (Ctrl-D)
+    assert proc.returncode == 0, proc.stderr
+    losses = epoch_losses(proc.stdout, "平均損失")
+    assert len(losses) == 100 and losses[-1] < losses[0] / 5
+    assert "Generated text: 世界\n" in proc.stdout
+
+
+def test_demo_flags_epochs_seed_data_and_sampling(tmp_path):
+    data = tmp_path / "mine.txt"
+    data.write_text("red green blue\nred green blue\n", encoding="utf-8")
+    proc = run_cli("en", "--data", data, "--epochs", "30", "--seed", "3", "--temperature", "0.5",
+                   "--max-new-tokens", "1", input_text="red\nquit\n")
+    assert proc.returncode == 0, proc.stderr
+    assert len(epoch_losses(proc.stdout, "average loss")) == 30
+    assert "Generated text: green\n" in proc.stdout  # one new token at most
+
+
+def test_unknown_words_and_empty_prompts_keep_the_session():
+    proc = run_cli("en", "--epochs", "2", input_text="\nzzz qqq\nquit\n")
+    assert proc.returncode == 0
+    assert proc.stdout.count("Enter a prompt") == 3
+
+
+@pytest.mark.parametrize("content, fragment", [
+    (None, "does not exist"),
+    (b"", "is empty"),
+    (b"\n  \n", "is empty"),
+    (b"caf\xe9 au lait\n", "is not UTF-8"),
+    (b"\x00\x01\x02binary", "looks binary"),
+])
+def test_bad_data_file_is_one_line_and_exit_2(tmp_path, content, fragment):
+    path = tmp_path / "data.txt"
+    if content is not None:
+        path.write_bytes(content)
+    proc = run_cli("en", "--data", path)
+    assert_one_line_error(proc, "simple_llm: error:", fragment)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["fr"], "invalid choice: 'fr'"),
+    (["en", "--epochs", "0"], "--epochs: must be a positive integer"),
+    (["en", "--temperature", "-1"], "--temperature: must be a number >= 0"),
+    (["en", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+])
+def test_bad_arguments_are_one_line_and_exit_2(args, fragment):
+    assert_one_line_error(run_cli(*args), "simple_llm: error:", fragment)
+
+
+def test_help_prints_the_full_usage():
+    proc = run_cli("--help")
+    assert proc.returncode == 0 and "usage: simple_llm" in proc.stdout and "--epochs" in proc.stdout
+
+
+def test_backend_is_reported_and_switchable():
+    import subprocess
+    import sys
+
+    code = "import simple_llm; print(simple_llm.BACKEND)"
+    pure = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
+                          env={"SIMPLE_LLM_PURE_PYTHON": "1", "PATH": ""})
+    assert pure.stdout.strip() == "numpy"

@@ -1,0 +1,363 @@
+"""Every kernel: the NumPy fallback against a direct formula written here, the compiled kernels against
+the fallback (float32 and float64), each backward against central finite differences, and the argument
+checks of simple_llm.kernels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from simple_llm import fallback, kernels
+from tests.conftest import TOL, compiled_kernels
+
+B, T, C, NH, V = 2, 5, 12, 3, 7
+
+
+def rand(*shape, dtype=np.float64, seed=0, scale=1.0):
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+def numgrad(f, x, eps=1e-6):
+    """Central finite differences of the scalar f() with respect to every entry of x (in place)."""
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + eps
+        up = f()
+        x[i] = old - eps
+        down = f()
+        x[i] = old
+        g[i] = (up - down) / (2 * eps)
+    return g
+
+
+def rel_err(a, b):
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-30))
+
+
+# direct formulas, written independently of the fallback ------------------------------------------
+
+
+def ref_layernorm(x, w, b, eps=1e-5):
+    mu = x.mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(x.var(-1, keepdims=True) + eps) * w + b
+
+
+def ref_attention(qkv, n_head, Tq=None):
+    Bq, Tk, C3 = qkv.shape
+    c = C3 // 3
+    hs = c // n_head
+    Tq = Tk if Tq is None else Tq
+    out = np.zeros((Bq, Tq, c))
+    for b in range(Bq):
+        for h in range(n_head):
+            sl = slice(h * hs, (h + 1) * hs)
+            q, k, v = qkv[b, :, sl], qkv[b, :, c:][:, sl], qkv[b, :, 2 * c :][:, sl]
+            for i in range(Tq):
+                t = Tk - Tq + i
+                s = q[t] @ k[: t + 1].T / np.sqrt(hs)
+                p = np.exp(s - s.max())
+                out[b, i, sl] = (p / p.sum()) @ v[: t + 1]
+    return out
+
+
+def ref_gelu(x):
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def ref_crossentropy(logits, targets):
+    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    return np.array([-logp[i, t] if t >= 0 else 0.0 for i, t in enumerate(targets)])
+
+
+# forward kernels against the formulas (fallback) --------------------------------------------------
+
+
+def test_encoder_forward_formula(backend, dtype):
+    wte, wpe = rand(V, C, dtype=dtype), rand(T + 3, C, dtype=dtype, seed=1)
+    idx = np.random.default_rng(2).integers(0, V, (B, T))
+    out = np.zeros((B, T, C), dtype)
+    kernels.encoder_forward(out, idx, wte, wpe)
+    np.testing.assert_allclose(out, wte[idx] + wpe[:T], **TOL[dtype])
+
+
+def test_layernorm_forward_formula(backend, dtype):
+    x, w, b = rand(B * T, C, dtype=dtype, scale=3), rand(C, dtype=dtype, seed=1), rand(C, dtype=dtype, seed=2)
+    out, mean, rstd = np.zeros_like(x), np.zeros(B * T, dtype), np.zeros(B * T, dtype)
+    kernels.layernorm_forward(out, mean, rstd, x, w, b, 1e-5)
+    np.testing.assert_allclose(out, ref_layernorm(x, w, b), **TOL[dtype])
+    np.testing.assert_allclose(mean, x.mean(-1), **TOL[dtype])
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(x.var(-1) + 1e-5), **TOL[dtype])
+
+
+@pytest.mark.parametrize("Tq", [T, 2, 1])
+def test_attention_forward_formula(backend, dtype, Tq):
+    qkv = rand(B, T, 3 * C, dtype=dtype)
+    out, att = np.zeros((B, Tq, C), dtype), np.full((B, NH, Tq, T), np.nan, dtype)
+    kernels.attention_forward(out, att, qkv, NH)
+    np.testing.assert_allclose(out, ref_attention(qkv.astype(np.float64), NH, Tq), **TOL[dtype])
+    np.testing.assert_allclose(att.sum(-1), 1.0, **TOL[dtype])  # each row is a distribution
+    future = np.triu(np.ones((Tq, T), bool), k=T - Tq + 1)
+    assert np.all(att[..., future] == 0.0)  # causal: nothing from later positions
+
+
+def test_attention_forward_on_a_cache_slice(backend, dtype):
+    """A key/value cache slice is strided along batch; the result must equal a contiguous copy's."""
+    cache = rand(B, T + 4, 3 * C, dtype=dtype)
+    view = cache[:, :T]
+    out1, att1 = np.zeros((B, 2, C), dtype), np.zeros((B, NH, 2, T), dtype)
+    out2, att2 = np.zeros_like(out1), np.zeros_like(att1)
+    kernels.attention_forward(out1, att1, view, NH)
+    kernels.attention_forward(out2, att2, np.ascontiguousarray(view), NH)
+    np.testing.assert_array_equal(out1, out2)
+
+
+def test_softmax_forward_formula(backend, dtype):
+    x = rand(B * T, V, dtype=dtype, scale=5)
+    p = np.zeros_like(x)
+    kernels.softmax_forward(p, x)
+    e = np.exp(x.astype(np.float64) - x.max(1, keepdims=True))
+    np.testing.assert_allclose(p, e / e.sum(1, keepdims=True), **TOL[dtype])
+
+
+def test_softmax_forward_in_place_and_extreme(backend, dtype):
+    x = np.array([[1000.0, 0.0, -1000.0], [-5.0, -5.0, -5.0]], dtype)
+    kernels.softmax_forward(x, x)
+    np.testing.assert_allclose(x, [[1, 0, 0], [1 / 3, 1 / 3, 1 / 3]], **TOL[dtype])
+
+
+def test_gelu_forward_formula(backend, dtype):
+    x = rand(B, T, 4 * C, dtype=dtype, scale=4)
+    out = np.zeros_like(x)
+    kernels.gelu_forward(out, x)
+    np.testing.assert_allclose(out, ref_gelu(x.astype(np.float64)), **TOL[dtype])
+
+
+def test_crossentropy_forward_formula(backend, dtype):
+    logits = rand(B * T, V, dtype=dtype, scale=3)
+    targets = np.random.default_rng(1).integers(0, V, B * T)
+    targets[3] = -1
+    losses, lse = np.zeros(B * T, dtype), np.zeros(B * T, dtype)
+    kernels.crossentropy_forward(losses, lse, logits, targets)
+    np.testing.assert_allclose(losses, ref_crossentropy(logits.astype(np.float64), targets), **TOL[dtype])
+    assert losses[3] == 0.0
+
+
+def test_adamw_update_formula(backend, dtype):
+    """Two steps of the update as torch documents it, written out element by element."""
+    p, m, v = rand(50, dtype=dtype), np.zeros(50, dtype), np.zeros(50, dtype)
+    ref_p, ref_m, ref_v = p.astype(np.float64), np.zeros(50), np.zeros(50)
+    lr, b1, b2, eps, wd = 1e-2, 0.9, 0.95, 1e-8, 0.1
+    for step in (1, 2):
+        g = rand(50, dtype=dtype, seed=step)
+        kernels.adamw_update(p, g, m, v, lr, b1, b2, eps, wd, step)
+        ref_p = ref_p - lr * wd * ref_p
+        ref_m = b1 * ref_m + (1 - b1) * g
+        ref_v = b2 * ref_v + (1 - b2) * g.astype(np.float64) ** 2
+        m_hat, v_hat = ref_m / (1 - b1**step), ref_v / (1 - b2**step)
+        ref_p = ref_p - lr * m_hat / (np.sqrt(v_hat) + eps)  # torch: eps outside the square root
+    np.testing.assert_allclose(p, ref_p, **TOL[dtype])
+    np.testing.assert_allclose(m, ref_m, **TOL[dtype])
+    np.testing.assert_allclose(v, ref_v, **TOL[dtype])
+
+
+# backward kernels against finite differences (float64) ------------------------------------------
+
+
+def test_encoder_backward_numeric(backend):
+    wte, wpe = rand(V, C), rand(T, C, seed=1)
+    idx = np.array([[1, 3, 1, 0, 6], [3, 3, 2, 5, 1]])  # repeated tokens must add up
+    R = rand(B, T, C, seed=3)
+    out = np.zeros((B, T, C))
+
+    def loss():
+        kernels.encoder_forward(out, idx, wte, wpe)
+        return float((out * R).sum())
+
+    dwte, dwpe = np.zeros_like(wte), np.zeros_like(wpe)
+    kernels.encoder_backward(dwte, dwpe, R, idx)
+    assert rel_err(dwte, numgrad(loss, wte)) < 1e-8
+    assert rel_err(dwpe, numgrad(loss, wpe)) < 1e-8
+
+
+def test_layernorm_backward_numeric(backend):
+    x, w, b = rand(B * T, C, scale=2), rand(C, seed=1), rand(C, seed=2)
+    R = rand(B * T, C, seed=3)
+    out, mean, rstd = np.zeros_like(x), np.zeros(B * T), np.zeros(B * T)
+
+    def loss():
+        kernels.layernorm_forward(out, mean, rstd, x, w, b, 1e-5)
+        return float((out * R).sum())
+
+    loss()
+    base = rand(B * T, C, seed=4)  # dinp is added to: start from something that is not zero
+    dx, dw, db = base.copy(), np.zeros(C), np.zeros(C)
+    kernels.layernorm_backward(dx, dw, db, R, x, w, mean, rstd)
+    assert rel_err(dx - base, numgrad(loss, x)) < 1e-7
+    assert rel_err(dw, numgrad(loss, w)) < 1e-7
+    assert rel_err(db, numgrad(loss, b)) < 1e-7
+
+
+@pytest.mark.parametrize("dropout", [False, True])
+def test_attention_backward_numeric(backend, dropout):
+    qkv = rand(B, T, 3 * C)
+    R = rand(B, T, C, seed=3)
+    mask = None
+    if dropout:
+        mask = (np.random.default_rng(5).random((B, NH, T, T)) > 0.3) / 0.7
+    out, att = np.zeros((B, T, C)), np.zeros((B, NH, T, T))
+
+    def loss():
+        kernels.attention_forward(out, att, qkv, NH, mask)
+        return float((out * R).sum())
+
+    loss()
+    dqkv, datt = np.full_like(qkv, np.nan), np.zeros_like(att)  # dqkv is written, not added to
+    kernels.attention_backward(dqkv, datt, R, qkv, att, NH, mask)
+    assert rel_err(dqkv, numgrad(loss, qkv)) < 1e-7
+
+
+def test_gelu_backward_numeric(backend):
+    x = rand(3, 40, scale=3)
+    R = rand(3, 40, seed=1)
+    out = np.zeros_like(x)
+
+    def loss():
+        kernels.gelu_forward(out, x)
+        return float((out * R).sum())
+
+    dx = np.zeros_like(x)
+    kernels.gelu_backward(dx, x, R)
+    assert rel_err(dx, numgrad(loss, x)) < 1e-8
+    kernels.gelu_backward(R, x, R)  # in place: dinp is dout
+    np.testing.assert_allclose(R, dx, rtol=1e-14)
+
+
+def test_crossentropy_backward_numeric(backend):
+    logits = rand(B * T, V, scale=2)
+    targets = np.random.default_rng(1).integers(0, V, B * T)
+    targets[2] = -1
+    losses, lse = np.zeros(B * T), np.zeros(B * T)
+
+    def loss():
+        kernels.crossentropy_forward(losses, lse, logits, targets)
+        return float(losses.mean())
+
+    loss()
+    dlogits = np.zeros_like(logits)
+    kernels.crossentropy_backward(dlogits, logits, lse, targets, 1.0 / (B * T))
+    assert rel_err(dlogits, numgrad(loss, logits)) < 1e-8
+    assert np.all(dlogits[2] == 0.0)
+    loss()  # numgrad left lse from a perturbed logit
+    kernels.crossentropy_backward(logits, logits, lse, targets, 1.0 / (B * T))  # in place
+    np.testing.assert_allclose(logits, dlogits, rtol=1e-14, atol=1e-17)
+
+
+# compiled against fallback -------------------------------------------------------------------------
+
+
+SCRATCH = {"attention_backward": 1}  # argument positions whose contents are unspecified
+
+
+def _both(name, dtype, *make_args):
+    """Run kernel `name` from both backends on copies of the same arguments; return both arg lists."""
+    compiled = compiled_kernels()
+    results = []
+    for module in (fallback, compiled):
+        args = [a.copy() if isinstance(a, np.ndarray) else a for a in make_args]
+        getattr(module, name)(*args)
+        results.append(args)
+    for i, (a, b) in enumerate(zip(*results)):
+        if isinstance(a, np.ndarray) and a.dtype.kind == "f" and SCRATCH.get(name) != i:
+            np.testing.assert_allclose(b, a, **TOL[dtype], err_msg=name)
+    return results
+
+
+def test_compiled_matches_fallback_everywhere(dtype):
+    rng = np.random.default_rng(0)
+    N = B * T
+    idx = rng.integers(0, V, (B, T))
+    targets = rng.integers(-1, V, N)
+    x, w, b = rand(N, C, dtype=dtype), rand(C, dtype=dtype, seed=1), rand(C, dtype=dtype, seed=2)
+    mean, rstd = np.zeros(N, dtype), np.zeros(N, dtype)
+    _both("encoder_forward", dtype, np.zeros((B, T, C), dtype), idx, rand(V, C, dtype=dtype), rand(T, C, dtype=dtype))
+    _both("encoder_backward", dtype, rand(V, C, dtype=dtype), rand(T, C, dtype=dtype), rand(B, T, C, dtype=dtype), idx)
+    _, (_, mean, rstd, *_rest) = _both("layernorm_forward", dtype, np.zeros_like(x), mean, rstd, x, w, b, 1e-5)
+    _both("layernorm_backward", dtype, rand(N, C, dtype=dtype), rand(C, dtype=dtype), rand(C, dtype=dtype),
+          rand(N, C, dtype=dtype, seed=9), x, w, mean, rstd)
+    _both("softmax_forward", dtype, np.zeros((N, V), dtype), rand(N, V, dtype=dtype))
+    qkv = rand(B, T, 3 * C, dtype=dtype)
+    mask = ((rng.random((B, NH, T, T)) > 0.2) / 0.8).astype(dtype)
+    for m in (None, mask):
+        _, (_, att, *_r) = _both("attention_forward", dtype, np.zeros((B, T, C), dtype),
+                                 np.zeros((B, NH, T, T), dtype), qkv, NH, m)
+        _both("attention_backward", dtype, np.zeros_like(qkv), np.zeros((B, NH, T, T), dtype),
+              rand(B, T, C, dtype=dtype), qkv, att, NH, m)
+    _both("attention_forward", dtype, np.zeros((B, 2, C), dtype), np.zeros((B, NH, 2, T), dtype), qkv, NH, None)
+    g = rand(500, dtype=dtype, scale=4)
+    _both("gelu_forward", dtype, np.zeros_like(g), g)
+    _both("gelu_backward", dtype, np.zeros_like(g), g, rand(500, dtype=dtype, seed=1))
+    logits = rand(N, V, dtype=dtype, scale=3)
+    _, (_, lse, *_r) = _both("crossentropy_forward", dtype, np.zeros(N, dtype), np.zeros(N, dtype), logits, targets)
+    _both("crossentropy_backward", dtype, np.zeros((N, V), dtype), logits, lse, targets, 0.1)
+    _both("adamw_update", dtype, rand(300, dtype=dtype), rand(300, dtype=dtype, seed=1),
+          rand(300, dtype=dtype, seed=2), np.abs(rand(300, dtype=dtype, seed=3)), 1e-3, 0.9, 0.95, 1e-8, 0.1, 3)
+
+
+def test_compiled_matches_fallback_at_parallel_sizes(dtype):
+    """Shapes large enough that the compiled loops run on several threads."""
+    Bb, Tt, Cc, nh = 4, 64, 64, 4
+    qkv = rand(Bb, Tt, 3 * Cc, dtype=dtype)
+    _, (_, att, *_r) = _both("attention_forward", dtype, np.zeros((Bb, Tt, Cc), dtype),
+                             np.zeros((Bb, nh, Tt, Tt), dtype), qkv, nh, None)
+    _both("attention_backward", dtype, np.zeros_like(qkv), np.zeros((Bb, nh, Tt, Tt), dtype),
+          rand(Bb, Tt, Cc, dtype=dtype), qkv, att, nh, None)
+    N = Bb * Tt
+    x = rand(N, 4 * Cc, dtype=dtype)
+    w, b = rand(4 * Cc, dtype=dtype, seed=1), rand(4 * Cc, dtype=dtype, seed=2)
+    _, (_, mean, rstd, *_r) = _both("layernorm_forward", dtype, np.zeros_like(x), np.zeros(N, dtype),
+                                    np.zeros(N, dtype), x, w, b, 1e-5)
+    _both("layernorm_backward", dtype, np.zeros_like(x), np.zeros(4 * Cc, dtype), np.zeros(4 * Cc, dtype),
+          rand(N, 4 * Cc, dtype=dtype, seed=3), x, w, mean, rstd)
+    g = rand(N * 4 * Cc, dtype=dtype, scale=4)
+    _both("gelu_forward", dtype, np.zeros_like(g), g)
+    _both("gelu_backward", dtype, np.zeros_like(g), g, rand(N * 4 * Cc, dtype=dtype, seed=5))
+    logits = rand(N, 512, dtype=dtype, scale=3)
+    targets = np.random.default_rng(0).integers(0, 512, N)
+    _, (_, lse, *_r) = _both("crossentropy_forward", dtype, np.zeros(N, dtype), np.zeros(N, dtype), logits, targets)
+    _both("crossentropy_backward", dtype, np.zeros_like(logits), logits, lse, targets, 1.0 / N)
+    _both("adamw_update", dtype, rand(100000, dtype=dtype), rand(100000, dtype=dtype, seed=1),
+          rand(100000, dtype=dtype, seed=2), np.abs(rand(100000, dtype=dtype, seed=3)), 1e-3, 0.9, 0.95, 1e-8, 0.1, 7)
+
+
+# the checked interface -----------------------------------------------------------------------------
+
+
+def test_wrong_shape_names_the_argument(backend):
+    x = rand(4, C)
+    with pytest.raises(ValueError, match="rstd has shape"):
+        kernels.layernorm_forward(np.zeros_like(x), np.zeros(4), np.zeros(3), x, np.ones(C), np.zeros(C), 1e-5)
+
+
+def test_wrong_dtype_names_the_argument(backend):
+    x = rand(4, C)
+    with pytest.raises(ValueError, match="weight has dtype float32"):
+        kernels.layernorm_forward(np.zeros_like(x), np.zeros(4), np.zeros(4), x, np.ones(C, np.float32),
+                                  np.zeros(C), 1e-5)
+
+
+def test_out_of_range_token_is_refused(backend):
+    with pytest.raises(ValueError, match="idx holds values outside"):
+        kernels.encoder_forward(np.zeros((1, 2, C)), np.array([[0, V]]), rand(V, C), rand(4, C))
+
+
+def test_non_contiguous_output_is_refused(backend):
+    x = rand(4, C)
+    out = np.zeros((C, 4)).T
+    with pytest.raises(ValueError, match="out must be C-contiguous"):
+        kernels.layernorm_forward(out, np.zeros(4), np.zeros(4), x, np.ones(C), np.zeros(C), 1e-5)
+
+
+def test_heads_must_divide_channels(backend):
+    with pytest.raises(ValueError, match="n_head 5"):
+        kernels.attention_forward(np.zeros((1, 2, C)), np.zeros((1, 5, 2, 2)), rand(1, 2, 3 * C), 5)

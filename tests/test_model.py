@@ -1,0 +1,305 @@
+"""The model: every parameter's gradient against finite differences, the API contract, generation with
+and without the key/value cache, buffers that do not grow, and the optimizers."""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from simple_llm import GPT, SGD, AdamW, GPTConfig, clip_grad_norm, lr_at
+from simple_llm.params import gpt2_shapes
+
+TINY = dict(vocab_size=11, n_ctx=8, n_embd=8, n_head=2, n_layer=2)
+
+
+def batch(cfg, B=2, T=5, seed=0):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, cfg.vocab_size, (B, T)), rng.integers(0, cfg.vocab_size, (B, T))
+
+
+def perturb(model, seed=1, scale=0.3):
+    """Move every parameter away from its initial value, so no gradient is trivially zero."""
+    model.params.flat[...] += np.random.default_rng(seed).standard_normal(model.params.flat.size) * scale
+
+
+def test_params_have_gpt2_names_and_shapes():
+    cfg = GPTConfig(**TINY)
+    model = GPT(cfg)
+    assert {k: v.shape for k, v in model.params.items()} == gpt2_shapes(11, 8, 8, 2)
+    assert "lm_head.weight" not in model.params  # the output layer is wte, tied
+    assert model.params["h.1.attn.c_attn.weight"].shape == (8, 24)
+    assert model.params["h.0.mlp.c_proj.weight"].shape == (32, 8)
+    assert model.n_params == sum(v.size for v in model.params.values())
+
+
+def test_gpt2_initialisation():
+    model = GPT(GPTConfig(vocab_size=500, n_ctx=64, n_embd=64, n_head=4, n_layer=3), seed=0)
+    p = model.params
+    assert abs(p["wte.weight"].std() - 0.02) < 0.002
+    assert abs(p["h.0.attn.c_proj.weight"].std() - 0.02 / math.sqrt(6)) < 0.001
+    assert np.all(p["h.2.ln_1.weight"] == 1.0) and np.all(p["h.2.mlp.c_fc.bias"] == 0.0)
+
+
+def test_writing_params_in_place_changes_the_model(backend):
+    model = GPT(GPTConfig(**TINY), dtype=np.float64)
+    idx, _ = batch(model.config)
+    before = model.forward(idx)
+    model.params["ln_f.bias"][...] = 1.0
+    assert not np.allclose(model.forward(idx), before)
+    model.params["ln_f.bias"] = np.zeros(8)  # assignment copies into the live buffer
+    np.testing.assert_allclose(model.forward(idx), before)
+    with pytest.raises(ValueError, match="shape"):
+        model.params["ln_f.bias"] = np.zeros(3)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.2])
+def test_every_gradient_matches_finite_differences(backend, dropout):
+    """float64, every entry of every parameter tensor: relative error below 1e-6."""
+    cfg = GPTConfig(**TINY, dropout=dropout)
+    model = GPT(cfg, seed=0, dtype=np.float64)
+    perturb(model)
+    idx, targets = batch(cfg)
+    targets[0, 1] = -1  # an unscored position must not contribute
+    state = model.rng.bit_generator.state
+
+    def loss():
+        model.rng.bit_generator.state = state  # the same dropout masks every time
+        return model.loss_and_grads(idx, targets)[0]
+
+    loss()
+    grads = {k: v.copy() for k, v in model.grads.items()}
+    eps = 1e-5
+    for name, p in model.params.items():
+        num = np.zeros_like(p)
+        for i in np.ndindex(p.shape):
+            old = p[i]
+            p[i] = old + eps
+            up = loss()
+            p[i] = old - eps
+            down = loss()
+            p[i] = old
+            num[i] = (up - down) / (2 * eps)
+        err = np.linalg.norm(num - grads[name]) / max(np.linalg.norm(num) + np.linalg.norm(grads[name]), 1e-30)
+        assert err < 1e-6, (name, err)
+        assert np.linalg.norm(grads[name]) > 0, name  # every weight is trained
+
+
+def test_loss_matches_forward_and_eval_has_no_dropout(backend):
+    cfg = GPTConfig(**{**TINY, "n_layer": 1}, dropout=0.5)
+    model = GPT(cfg, dtype=np.float64)
+    idx, targets = batch(cfg)
+    logits = model.forward(idx)
+    m = logits.max(-1, keepdims=True)
+    logp = logits - m - np.log(np.exp(logits - m).sum(-1, keepdims=True))
+    expected = -np.take_along_axis(logp, targets[..., None], -1).mean()
+    assert model.loss(idx, targets) == pytest.approx(expected, rel=1e-12)
+    np.testing.assert_array_equal(model.forward(idx), logits)  # evaluation is deterministic
+    assert model.loss_and_grads(idx, targets)[0] != pytest.approx(expected, rel=1e-6)  # dropout on
+
+
+def test_backends_agree_on_forward_and_grads(dtype, monkeypatch):
+    from simple_llm import fallback, kernels
+    from tests.conftest import compiled_kernels
+
+    cfg = GPTConfig(vocab_size=50, n_ctx=16, n_embd=32, n_head=4, n_layer=2)
+    idx, targets = batch(cfg, B=3, T=16)
+    results = []
+    for module in (fallback, compiled_kernels()):
+        monkeypatch.setattr(kernels, "impl", module)
+        model = GPT(cfg, seed=3, dtype=dtype)
+        loss, grads = model.loss_and_grads(idx, targets)
+        results.append((model.forward(idx), loss, grads.flat.copy()))
+    (l1, s1, g1), (l2, s2, g2) = results
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == np.float32 else dict(rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(l2, l1, **tol)
+    assert s2 == pytest.approx(s1, rel=tol["rtol"])
+    np.testing.assert_allclose(g2, g1, **tol)
+
+
+def test_float32_and_float64_models_agree():
+    cfg = GPTConfig(**TINY)
+    idx, targets = batch(cfg)
+    m32, m64 = GPT(cfg, seed=5, dtype=np.float32), GPT(cfg, seed=5, dtype=np.float64)
+    np.testing.assert_allclose(m32.params.flat, m64.params.flat, rtol=1e-6)
+    assert m32.loss(idx, targets) == pytest.approx(m64.loss(idx, targets), rel=1e-5)
+    assert m32.grads.flat.dtype == np.float32 and m32.loss_and_grads(idx, targets)[1]["wte.weight"].dtype == np.float32
+
+
+def test_training_memorises_a_tiny_corpus(backend):
+    """AdamW on one repeated batch: the loss falls from ~log(V) to near zero."""
+    cfg = GPTConfig(vocab_size=20, n_ctx=12, n_embd=32, n_head=4, n_layer=2)
+    model = GPT(cfg, seed=0)
+    rng = np.random.default_rng(0)
+    seq = rng.integers(0, 20, (4, 13))
+    opt = AdamW(model.params, lr=1e-2, betas=(0.9, 0.95), weight_decay=0.0)
+    losses = []
+    for _ in range(150):
+        loss, grads = model.loss_and_grads(seq[:, :-1], seq[:, 1:])
+        opt.step(grads)
+        losses.append(loss)
+    assert losses[0] == pytest.approx(math.log(20), abs=0.3)
+    assert losses[-1] < 0.05, losses[-1]
+    assert (model.generate(seq[:, :1], 11)[:, 1:] == seq[:, 1:12]).all()  # recites what it learned
+
+
+def test_sgd_lowers_the_loss(backend):
+    cfg = GPTConfig(**TINY)
+    model = GPT(cfg, seed=0)
+    idx, targets = batch(cfg)
+    opt = SGD(model.params, lr=0.5)
+    first = model.loss(idx, targets)
+    for _ in range(30):
+        opt.step(model.loss_and_grads(idx, targets)[1])
+    assert model.loss(idx, targets) < first - 0.3
+
+
+def test_adamw_decays_2d_tensors_only():
+    model = GPT(GPTConfig(**TINY), dtype=np.float64)
+    before = {k: v.copy() for k, v in model.params.items()}
+    zero = {k: np.zeros_like(v) for k, v in model.params.items()}  # a plain dict works too
+    opt = AdamW(model.params, lr=0.1, weight_decay=0.5)
+    opt.step(zero)
+    for name, p in model.params.items():
+        factor = 1 - 0.1 * 0.5 if p.ndim == 2 else 1.0
+        np.testing.assert_allclose(p, before[name] * factor, rtol=1e-14, err_msg=name)
+
+
+def test_adamw_over_a_plain_dict_equals_over_parameters(backend):
+    cfg = GPTConfig(**TINY)
+    idx, targets = batch(cfg)
+    a, b = GPT(cfg, seed=1, dtype=np.float64), GPT(cfg, seed=1, dtype=np.float64)
+    plain = {k: v.copy() for k, v in b.params.items()}
+    opt_a = AdamW(a.params, lr=1e-2, weight_decay=0.1)
+    opt_b = AdamW(plain, lr=1e-2, weight_decay=0.1)
+    for _ in range(3):
+        _, g = a.loss_and_grads(idx, targets)
+        opt_a.step(g)
+        b.params.flat[...] = a.params.flat  # same weights, so same gradients for the plain dict
+        opt_b.step({k: v.copy() for k, v in g.items()})
+    for name in plain:
+        np.testing.assert_allclose(plain[name], a.params[name], rtol=1e-12, err_msg=name)
+
+
+def test_lr_schedule_warmup_cosine_floor():
+    assert lr_at(0, 1.0, 0.1, 10, 100) == pytest.approx(1 / 11)
+    assert lr_at(9, 1.0, 0.1, 10, 100) == pytest.approx(10 / 11)
+    assert lr_at(10, 1.0, 0.1, 10, 100) == pytest.approx(1.0)
+    assert lr_at(55, 1.0, 0.1, 10, 100) == pytest.approx(0.55)  # halfway down the cosine
+    assert lr_at(100, 1.0, 0.1, 10, 100) == pytest.approx(0.1)
+    assert lr_at(500, 1.0, 0.1, 10, 100) == 0.1
+
+
+def test_clip_grad_norm():
+    g = {"a": np.array([3.0, 0.0]), "b": np.array([[4.0]])}
+    assert clip_grad_norm(g, 1.0) == pytest.approx(5.0)
+    np.testing.assert_allclose(g["a"], [3 / (5 + 1e-6), 0.0])
+    assert clip_grad_norm(g, 10.0) == pytest.approx(1.0, rel=1e-6)  # below the limit: unchanged
+    np.testing.assert_allclose(g["b"], [[4 / (5 + 1e-6)]])
+
+
+# generation ---------------------------------------------------------------------------------------
+
+
+def test_generate_shape_and_prompt(backend):
+    model = GPT(GPTConfig(**TINY), seed=2)
+    idx = np.array([[1, 2, 3], [4, 5, 6]])
+    out = model.generate(idx, max_new_tokens=4)
+    assert out.shape == (2, 7)
+    np.testing.assert_array_equal(out[:, :3], idx)
+
+
+@pytest.mark.parametrize("prompt_len", [1, 3])
+def test_cache_gives_the_same_greedy_tokens_and_logits(backend, prompt_len):
+    """Past n_ctx too: the context slides in both paths."""
+    model = GPT(GPTConfig(**TINY), seed=4, dtype=np.float64)
+    perturb(model, scale=0.5)
+    idx = np.random.default_rng(0).integers(0, 11, (2, prompt_len))
+    with_cache = list(model.stream(idx, 14, use_cache=True))
+    without = list(model.stream(idx, 14, use_cache=False))
+    for a, b in zip(with_cache, without):
+        np.testing.assert_array_equal(a.tokens, b.tokens)
+        np.testing.assert_allclose(a.probs, b.probs, rtol=1e-10, atol=1e-14)
+
+
+def test_sampling_is_seeded_and_respects_top_k(backend):
+    model = GPT(GPTConfig(**TINY), seed=4)
+    perturb(model, scale=1.0)
+    idx = np.array([[1, 2]])
+    a = model.generate(idx, 6, temperature=1.0, seed=7)
+    assert (a == model.generate(idx, 6, temperature=1.0, seed=7)).all()
+    for step in model.stream(idx, 5, temperature=1.0, top_k=3, seed=1):
+        assert np.count_nonzero(step.probs[0]) == 3
+        assert step.probs[0, step.tokens[0]] > 0
+        assert step.probs[0].sum() == pytest.approx(1.0)
+
+
+def test_top_p_keeps_the_smallest_set_reaching_p():
+    from simple_llm.sampling import Sampler
+
+    logits = np.log(np.array([[0.5, 0.3, 0.15, 0.05]]))
+    probs, _ = Sampler(temperature=1.0, top_p=0.7)(logits)
+    np.testing.assert_allclose(probs, [[0.5 / 0.8, 0.3 / 0.8, 0, 0]])  # 0.5 + 0.3 reaches 0.7
+    probs, _ = Sampler(temperature=1.0, top_p=0.4)(logits)
+    np.testing.assert_allclose(probs, [[1, 0, 0, 0]])
+
+
+def test_stop_token_ends_generation():
+    cfg = GPTConfig(vocab_size=5, n_ctx=8, n_embd=8, n_head=2, n_layer=1)
+    model = GPT(cfg)
+    model.params["wte.weight"][...] = 0.0
+    model.params["wte.weight"][3, 0] = 1.0
+    model.params["ln_f.weight"][...] = 0.0
+    model.params["ln_f.bias"][...] = 0.0
+    model.params["ln_f.bias"][0] = 5.0  # every position's logits favour token 3
+    out = model.generate(np.array([[1], [2]]), max_new_tokens=6, stop_token=3)
+    np.testing.assert_array_equal(out, [[1, 3], [2, 3]])
+
+
+# validation and memory ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(n_embd=30, n_head=4), "not divisible"),
+    (dict(n_layer=0), "n_layer must be a positive integer"),
+    (dict(vocab_size=-3), "vocab_size"),
+    (dict(dropout=1.0), "dropout"),
+])
+def test_config_rejects_nonsense(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        GPTConfig(**{**TINY, **kwargs})
+
+
+def test_model_rejects_bad_tokens():
+    model = GPT(GPTConfig(**TINY))
+    with pytest.raises(ValueError, match="token ids in"):
+        model.forward(np.array([[1, 11]]))
+    with pytest.raises(ValueError, match="context is 8"):
+        model.forward(np.zeros((1, 9), dtype=int))
+    with pytest.raises(ValueError, match="2-D"):
+        model.forward(np.array([1, 2]))
+    with pytest.raises(ValueError, match="no scored position"):
+        model.loss_and_grads(np.zeros((1, 3), dtype=int), np.full((1, 3), -1))
+
+
+def test_training_step_allocates_no_large_arrays(backend):
+    """After the first call, repeated loss_and_grads + AdamW steps allocate nothing big."""
+    cfg = GPTConfig(vocab_size=65, n_ctx=64, n_embd=64, n_head=4, n_layer=2)
+    model = GPT(cfg)
+    opt = AdamW(model.params, lr=1e-3)
+    idx, targets = batch(cfg, B=4, T=64)
+    opt.step(model.loss_and_grads(idx, targets)[1])
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(3):
+            opt.step(model.loss_and_grads(idx, targets)[1])
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    smallest_activation = 4 * 64 * 64 * 4  # one (B, T, C) float32 buffer
+    if backend.__name__.endswith("_kernels"):
+        assert peak - base < smallest_activation, peak - base
+    assert current - base < 64 * 1024  # nothing kept between steps
