@@ -8,9 +8,10 @@ Set SIMPLE_LLM_DEBUG=1 to see the traceback instead.
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import NoReturn
 
 from . import __version__
@@ -81,27 +82,6 @@ def add_sampling_flags(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
-def interactive(complete: Callable[[str], str]) -> int:
-    """Read prompts until 'quit', end of input or Ctrl-C; print each completion. Exit status 0."""
-    while True:
-        try:
-            line = input("Enter a prompt (or 'quit' to exit): ")
-        except (EOFError, KeyboardInterrupt):
-            print()
-            return 0
-        line = line.strip()
-        if line in ("quit", "exit"):
-            return 0
-        if not line:
-            continue
-        try:
-            print("Generated text: " + complete(line), flush=True)
-        except ValueError as exc:  # a prompt the model cannot take: say so, keep the session
-            print(f"simple_llm: {exc}", file=sys.stderr, flush=True)
-        except KeyboardInterrupt:
-            print()
-
-
 # the demo ----------------------------------------------------------------------------------------
 
 
@@ -116,13 +96,17 @@ def demo_parser() -> Parser:
     p.add_argument("--epochs", type=positive_int, default=100, help="passes over the data (default 100)")
     p.add_argument("--data", metavar="FILE", help="train on this UTF-8 file instead, one sentence per line")
     add_sampling_flags(p, max_new_tokens=20)
+    p.add_argument("--show-probs", type=nonnegative_int, default=0, metavar="K",
+                   help="under each generated token, list the K most likely tokens with bars")
     p.add_argument("--version", action="version", version=f"simple_llm {__version__} ({BACKEND} kernels)")
     p.set_defaults(run=run_demo)
     return p
 
 
 def run_demo(args: argparse.Namespace) -> int:
-    from .demo import DATA_FILES, EPOCH_LINES, complete, data_file, load_sentences, train_demo
+    from .demo import DATA_FILES, EPOCH_LINES, data_file, load_sentences, train_demo
+    from .generate import settings_from
+    from .session import Session
 
     path = args.data or data_file(DATA_FILES[args.lang])
     sentences = load_sentences(path)
@@ -133,19 +117,24 @@ def run_demo(args: argparse.Namespace) -> int:
         print(EPOCH_LINES[args.lang].format(epoch=epoch, loss=loss), flush=True)
 
     model, tok = train_demo(sentences, epochs=args.epochs, seed=args.seed, on_epoch=report)
-    return interactive(lambda prompt: complete(model, tok, prompt, args.max_new_tokens, args.temperature,
-                                               args.top_k, args.seed))
+    return Session(model, tok, settings_from(args)).interact()
 
 
 # dispatch ----------------------------------------------------------------------------------------
 
-COMMANDS: dict[str, Callable[[], Parser]] = {}
+# each command's module builds its parser: imported only when that command runs
+COMMANDS = {"train": "train", "generate": "generate", "chat": "generate", "inspect": "inspection", "bench": "bench"}
+
+
+def command_parser(name: str) -> Parser:
+    module = importlib.import_module(f"simple_llm.{COMMANDS[name]}")
+    return module.parser(name)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] in COMMANDS:
-        parser, argv = COMMANDS[argv[0]](), argv[1:]
+        parser, argv = command_parser(argv[0]), argv[1:]
     else:
         parser = demo_parser()
     try:

@@ -69,18 +69,3 @@ def train_demo(sentences: list[str], epochs: int = 100, seed: int = 0, batch_siz
         if on_epoch:
             on_epoch(epoch, float(np.mean(losses)))
     return model, tok
-
-
-def complete(model: GPT, tok: WordTokenizer, prompt: str, max_new_tokens: int = 20,
-             temperature: float = 0.0, top_k: int | None = None, seed: int = 0) -> str:
-    """The words the model writes after the prompt, up to <eos> or max_new_tokens."""
-    ids = tok.encode(prompt)
-    if not ids:
-        raise ValueError("the prompt has no words")
-    new = []
-    for step in model.stream(np.array([ids]), max_new_tokens, temperature, top_k, seed, stop_token=tok.eos_id):
-        token = int(step.tokens[0])
-        if token == tok.eos_id:
-            break
-        new.append(token)
-    return tok.decode(new)

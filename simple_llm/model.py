@@ -286,6 +286,19 @@ class GPT:
     def n_params(self) -> int:
         return self.params.flat.size
 
+    @classmethod
+    def from_pretrained(cls, path, dtype=np.float32) -> GPT:
+        """Load a Hugging Face GPT-2 checkpoint directory (config.json + model.safetensors)."""
+        from .checkpoint import load
+
+        return load(path, dtype)
+
+    def save_pretrained(self, path, eos_token_id: int | None = None):
+        """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads."""
+        from .checkpoint import save
+
+        return save(self, path, eos_token_id)
+
     # buffers ---------------------------------------------------------------------------------
 
     def _buffer(self, key: tuple, make):

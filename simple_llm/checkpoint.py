@@ -1,0 +1,161 @@
+"""Hugging Face GPT-2 checkpoints, both ways: a directory with ``config.json`` + ``model.safetensors``.
+
+Loading checks the config, then every tensor's name, shape and dtype from the file's header, before
+it allocates anything; a bad file gives one CheckpointError line that says what is wrong, and no model
+(never a half-loaded one). Saving writes what ``transformers.GPT2LMHeadModel.from_pretrained`` loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .fileio import atomic_path, atomic_write_text
+
+if TYPE_CHECKING:
+    from .model import GPT, GPTConfig
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+FLOAT_FORMATS = {"F16": np.float16, "BF16": None, "F32": np.float32, "F64": np.float64}
+SKIPPED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # the causal-mask buffers some files store
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded; the message says why in one line."""
+
+
+def read_config(directory: str | os.PathLike) -> GPTConfig:
+    """The GPTConfig of ``directory/config.json`` (GPT-2's key names)."""
+    from .model import GPTConfig
+
+    path = Path(directory) / CONFIG_FILE
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path} is not a readable JSON file: {exc}") from None
+    if not isinstance(raw, dict):
+        raise CheckpointError(f"{path} is not a GPT-2 config (not a JSON object)")
+    if "n_positions" not in raw and "n_ctx" in raw:
+        raw["n_positions"] = raw["n_ctx"]
+    missing = [k for k in ("vocab_size", "n_positions", "n_embd", "n_head", "n_layer") if k not in raw]
+    if missing:
+        raise CheckpointError(f"{path} is not a GPT-2 config: it has no {missing[0]}")
+    try:
+        return GPTConfig(vocab_size=raw["vocab_size"], n_ctx=raw["n_positions"], n_embd=raw["n_embd"],
+                         n_head=raw["n_head"], n_layer=raw["n_layer"],
+                         layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)))
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from None
+
+
+def load(directory: str | os.PathLike, dtype=np.float32) -> GPT:
+    """The model stored in a checkpoint directory, its tensors cast to dtype."""
+    from safetensors import SafetensorError, deserialize, safe_open
+
+    from .model import GPT
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory} is not a checkpoint directory")
+    cfg = read_config(directory)
+    path = directory / WEIGHTS_FILE
+    if not path.is_file():
+        raise CheckpointError(f"{path} does not exist")
+    expected = cfg.shapes()
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            header = {key: (f.get_slice(key).get_dtype(), tuple(f.get_slice(key).get_shape())) for key in f.keys()}
+            names = _match_names(header, expected, path)
+            model = GPT(cfg, dtype=dtype)  # only now, with every shape known to be right
+            raw = dict(deserialize(path.read_bytes())) if any(d == "BF16" for d, _ in header.values()) else {}
+            for name, key in names.items():
+                model.params[name] = _read(f, key, header[key][0], raw, dtype)
+            if "lm_head.weight" in header:
+                head = _read(f, "lm_head.weight", header["lm_head.weight"][0], raw, dtype)
+                if not np.allclose(head, model.params["wte.weight"], rtol=1e-3, atol=1e-6):
+                    raise CheckpointError(f"{path}: lm_head.weight differs from wte.weight; "
+                                          "only a tied output layer (as GPT-2's) is supported")
+    except SafetensorError as exc:
+        raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from None
+    except (OSError, MemoryError) as exc:
+        raise CheckpointError(f"cannot read {path}: {exc}") from None
+    return model
+
+
+def _match_names(header: dict[str, tuple[str, tuple]], expected: dict[str, tuple], path: Path) -> dict[str, str]:
+    """parameter name -> key in the file, after every check on names, shapes and dtypes."""
+    names: dict[str, str] = {}
+    for key, (dtype, shape) in header.items():
+        name = key.removeprefix("transformer.")
+        if name.endswith(SKIPPED_SUFFIXES) or key == "lm_head.weight":
+            if key == "lm_head.weight" and shape != expected["wte.weight"]:
+                raise CheckpointError(f"{path}: lm_head.weight has shape {list(shape)}, "
+                                      f"expected {list(expected['wte.weight'])}")
+            continue
+        if name not in expected:
+            raise CheckpointError(f"{path} has a tensor {key} that GPT-2 does not have")
+        if name in names:
+            raise CheckpointError(f"{path} holds {name} twice")
+        if dtype not in FLOAT_FORMATS:
+            raise CheckpointError(f"{path}: tensor {key} has dtype {dtype}; expected F16, BF16, F32 or F64")
+        if shape != expected[name]:
+            raise CheckpointError(f"{path}: tensor {key} has shape {list(shape)}, "
+                                  f"expected {list(expected[name])} from {CONFIG_FILE}")
+        names[name] = key
+    for name in expected:
+        if name not in names:
+            raise CheckpointError(f"{path} has no tensor {name}")
+    return names
+
+
+def _read(f: Any, key: str, dtype: str, raw: dict, target) -> np.ndarray:
+    if dtype == "BF16":  # bfloat16 is the top half of a float32; NumPy has no type for it
+        halves = np.frombuffer(raw[key]["data"], dtype="<u2").astype(np.uint32) << 16
+        return halves.view(np.float32).reshape(raw[key]["shape"]).astype(target)
+    return np.asarray(f.get_tensor(key), dtype=target)
+
+
+def hf_config(cfg: GPTConfig, eos_token_id: int | None = None) -> dict[str, Any]:
+    """config.json as transformers' GPT2Config writes it."""
+    eos = eos_token_id if eos_token_id is not None else (50256 if cfg.vocab_size > 50256 else None)
+    return {
+        "architectures": ["GPT2LMHeadModel"],
+        "model_type": "gpt2",
+        "vocab_size": cfg.vocab_size,
+        "n_positions": cfg.n_ctx,
+        "n_ctx": cfg.n_ctx,
+        "n_embd": cfg.n_embd,
+        "n_head": cfg.n_head,
+        "n_layer": cfg.n_layer,
+        "n_inner": None,
+        "activation_function": "gelu_new",
+        "layer_norm_epsilon": cfg.layer_norm_epsilon,
+        "resid_pdrop": cfg.dropout,
+        "embd_pdrop": cfg.dropout,
+        "attn_pdrop": cfg.dropout,
+        "initializer_range": 0.02,
+        "scale_attn_weights": True,
+        "tie_word_embeddings": True,
+        "bos_token_id": eos,
+        "eos_token_id": eos,
+    }
+
+
+def save(model: GPT, directory: str | os.PathLike, eos_token_id: int | None = None) -> Path:
+    """Write config.json + model.safetensors (names as transformers writes them), each atomically."""
+    from safetensors.numpy import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {f"transformer.{name}": np.ascontiguousarray(p) for name, p in model.params.items()}
+    with atomic_path(directory / WEIGHTS_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})  # transformers insists on "pt"
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(hf_config(model.config, eos_token_id), indent=2) + "\n")
+    return directory

@@ -1,0 +1,107 @@
+"""Checkpoints: round trips, and every kind of bad file refused in one line with no model built."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from simple_llm import GPT, GPTConfig
+from simple_llm.checkpoint import CheckpointError
+
+CFG = GPTConfig(vocab_size=30, n_ctx=8, n_embd=8, n_head=2, n_layer=2)
+
+
+@pytest.fixture
+def saved(tmp_path):
+    model = GPT(CFG, seed=1)
+    model.params.flat[...] = np.random.default_rng(0).standard_normal(model.n_params)
+    model.save_pretrained(tmp_path)
+    return model, tmp_path
+
+
+def test_round_trip_and_files(saved):
+    model, path = saved
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
+    config = json.loads((path / "config.json").read_text())
+    assert config["model_type"] == "gpt2" and config["n_positions"] == 8 and config["n_embd"] == 8
+    assert all(k.startswith("transformer.") for k in load_file(path / "model.safetensors"))
+    for dtype in (np.float32, np.float64):
+        again = GPT.from_pretrained(path, dtype=dtype)
+        assert again.config == CFG and again.dtype == dtype
+        np.testing.assert_allclose(again.params.flat, model.params.flat, rtol=1e-7)
+
+
+def rewrite(path, change):
+    tensors = load_file(path / "model.safetensors")
+    change(tensors)
+    save_file(tensors, path / "model.safetensors")
+
+
+def test_names_without_prefix_buffers_and_lm_head_are_accepted(saved):
+    model, path = saved
+
+    def original_gpt2_layout(t):
+        for k in list(t):
+            t[k.removeprefix("transformer.")] = t.pop(k)
+        t["h.0.attn.bias"] = np.ones((1, 1, 8, 8), np.float32)  # the stored causal mask
+        t["lm_head.weight"] = t["wte.weight"].copy()
+
+    rewrite(path, original_gpt2_layout)
+    np.testing.assert_array_equal(GPT.from_pretrained(path).params.flat, model.params.flat)
+
+
+@pytest.mark.parametrize("change, fragment", [
+    (lambda t: t.pop("transformer.h.1.mlp.c_fc.weight"), "has no tensor h.1.mlp.c_fc.weight"),
+    (lambda t: t.update({"transformer.h.0.ln_1.weight": np.ones(9, np.float32)}), "has shape [9], expected [8]"),
+    (lambda t: t.update({"transformer.ln_f.bias": np.zeros(8, np.int32)}), "dtype I32"),
+    (lambda t: t.update({"transformer.h.7.ln_1.weight": np.ones(8, np.float32)}), "GPT-2 does not have"),
+    (lambda t: t.update({"lm_head.weight": np.ones((30, 8), np.float32)}), "differs from wte.weight"),
+])
+def test_bad_tensors_are_named(saved, change, fragment):
+    _, path = saved
+    rewrite(path, change)
+    with pytest.raises(CheckpointError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+        GPT.from_pretrained(path)
+
+
+@pytest.mark.parametrize("mangle, fragment", [
+    (lambda b: b[: len(b) // 2], "not a valid safetensors file"),  # truncated
+    (lambda b: b"\xff" * 8 + b[8:], "not a valid safetensors file"),  # absurd header length
+    (lambda b: b[:9] + b"!" + b[10:], "not a valid safetensors file"),  # broken header JSON
+    (lambda b: b"", "not a valid safetensors file"),
+])
+def test_damaged_files(saved, mangle, fragment):
+    _, path = saved
+    weights = path / "model.safetensors"
+    weights.write_bytes(mangle(weights.read_bytes()))
+    with pytest.raises(CheckpointError, match=fragment) as info:
+        GPT.from_pretrained(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("config, fragment", [
+    ({"vocab_size": 30, "n_embd": 8, "n_head": 2, "n_layer": 2}, "has no n_positions"),
+    ({"vocab_size": 30, "n_ctx": 8, "n_embd": 8, "n_head": 3, "n_layer": 2}, "not divisible"),
+    ({"vocab_size": -30, "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 2}, "positive integer"),
+    ({"vocab_size": 10**12, "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 2}, "expected"),
+    ({"vocab_size": "30", "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 2}, "positive integer"),
+    ([1, 2], "not a GPT-2 config"),
+])
+def test_bad_configs(saved, config, fragment):
+    _, path = saved
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=fragment):
+        GPT.from_pretrained(path)  # n_ctx alone is accepted; an enormous vocab fails on the shapes
+
+
+def test_missing_pieces(tmp_path):
+    with pytest.raises(CheckpointError, match="not a checkpoint directory"):
+        GPT.from_pretrained(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="config.json does not exist"):
+        GPT.from_pretrained(tmp_path)
+    (tmp_path / "config.json").write_text('{"vocab_size": 30, "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 2}')
+    with pytest.raises(CheckpointError, match="model.safetensors does not exist"):
+        GPT.from_pretrained(tmp_path)
