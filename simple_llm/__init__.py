@@ -9,10 +9,18 @@
 
 __version__ = "0.1.0"
 
-from .kernels import BACKEND
-from .model import GPT, GPTConfig
-from .optim import SGD, AdamW, clip_grad_norm, lr_at
-from .tokenizers import CharTokenizer, Tokenizer, TokenizerError, WordTokenizer, load_tokenizer
+import os
+
+# OpenBLAS's worker threads spin after each matrix product; between products our own kernels need
+# those cores (a training step here was 30% slower). OpenBLAS reads this when NumPy first loads, so
+# it takes effect when simple_llm is imported before NumPy (python -m simple_llm always is); a value
+# the user set wins.
+os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+
+from .kernels import BACKEND  # noqa: E402  (after the environment default above)
+from .model import GPT, GPTConfig  # noqa: E402
+from .optim import SGD, AdamW, clip_grad_norm, lr_at  # noqa: E402
+from .tokenizers import CharTokenizer, Tokenizer, TokenizerError, WordTokenizer, load_tokenizer  # noqa: E402
 
 __all__ = [
     "BACKEND",

@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import json
 import os
+import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
@@ -30,6 +31,7 @@ PATTERNS = {
     "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
 }
+NO_MERGE = sys.maxsize  # the rank of a pair that is not a token
 CACHE_LIMIT = 200_000  # pieces whose encoding is remembered (repeated words are most of any text)
 
 
@@ -87,21 +89,27 @@ def split_pieces(text: str, rx: regex.Pattern | None) -> list[str]:
 
 
 def merge_piece(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
-    """The token ids of one piece: merge the lowest-ranked adjacent pair until none merges.
+    """The token ids of one piece: merge the lowest-ranked adjacent pair (the leftmost of equals)
+    until none merges.
 
     >>> merge_piece(b"abc", {b"a": 0, b"b": 1, b"c": 2, b"bc": 3, b"abc": 4})
     [4]
     """
     parts = [piece[i : i + 1] for i in range(len(piece))]
-    while len(parts) > 1:
-        best, best_rank = -1, None
-        for i in range(len(parts) - 1):
-            rank = ranks.get(parts[i] + parts[i + 1])
-            if rank is not None and (best_rank is None or rank < best_rank):
-                best, best_rank = i, rank
-        if best < 0:
+    # pair_ranks[i] is the rank of parts[i] + parts[i + 1]; a merge changes only its two neighbours,
+    # and min() / index() find the next merge at C speed.
+    pair_ranks = [ranks.get(a + b, NO_MERGE) for a, b in zip(parts, parts[1:])]
+    while pair_ranks:
+        best = min(pair_ranks)
+        if best == NO_MERGE:
             break
-        parts[best : best + 2] = [parts[best] + parts[best + 1]]
+        i = pair_ranks.index(best)
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+        del pair_ranks[i]
+        if i > 0:
+            pair_ranks[i - 1] = ranks.get(parts[i - 1] + parts[i], NO_MERGE)
+        if i < len(pair_ranks):
+            pair_ranks[i] = ranks.get(parts[i] + parts[i + 1], NO_MERGE)
     return [ranks[p] for p in parts]
 
 

@@ -65,11 +65,12 @@ def _check(fn: str, dtype: Any, inner_only: tuple[str, ...] = (), **arrays: tupl
     for name, (a, shape) in arrays.items():
         if a is None and name == "mask":  # dropout off
             continue
-        if not isinstance(a, np.ndarray):
+        if type(a) is not np.ndarray:
             raise ValueError(f"{fn}: {name} must be a numpy array, not {type(a).__name__}")
         if a.dtype != dtype:
             raise ValueError(f"{fn}: {name} has dtype {a.dtype}, expected {np.dtype(dtype)}")
-        if a.ndim != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape)):
+        if a.shape != shape and (len(a.shape) != len(shape) or
+                                 any(s is not None and s != n for s, n in zip(shape, a.shape))):
             want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
             raise ValueError(f"{fn}: {name} has shape {a.shape}, expected {want}")
         if name in inner_only:

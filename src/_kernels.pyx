@@ -12,12 +12,15 @@ N = rows of a 2-D view (B * T).
 The conventions are llm.c's: outputs first, then what the forward saves for the backward, then the
 inputs, then the weights, then sizes. A backward *adds* into parameter gradients (the caller zeroes
 them once per step) and *writes* activation gradients, except where its docstring says otherwise.
-Sums are accumulated in double so that float32 results stay close to a float64 reference.
+Loops are written so that the compiler can vectorise them (setup.py allows it to reassociate sums):
+float32 is computed in float32 (as PyTorch does), float64 in float64.
 """
 from cython cimport floating
-from cython.parallel cimport prange
-from libc.math cimport INFINITY, copysign, exp, fabs, log, sqrt
-from libc.stdint cimport int64_t
+from cython.parallel cimport parallel, prange, threadid
+from libc.math cimport INFINITY, exp, log, sqrt, sqrtf
+from libc.stdint cimport int32_t, int64_t
+from libc.stdlib cimport free, malloc
+from libc.string cimport memcpy
 
 cdef extern from *:
     """
@@ -34,9 +37,43 @@ cdef extern from *:
 # microseconds, more than the work of a single generated token's layer norm.
 cdef enum:
     PARALLEL_MIN_WORK = 32768
+    CHUNK = 4096  # elements per task of an elementwise loop: a thread's share, in cache
 # sqrt(2 / pi) and the cubic term's weight: GPT-2's tanh approximation of GELU.
 cdef double GELU_SCALE = 0.7978845608028654
 cdef double GELU_CUBIC = 0.044715
+
+
+cdef inline float _expf(float x) noexcept nogil:
+    # exp for float32 as plain arithmetic, so that loops of it vectorise (a call to libm's expf
+    # does not): exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 with ln 2 split in two
+    # parts (the first exact in few bits), exp(r) by its Taylor series to r^6 (|r| <= 0.35), and 2^n
+    # written straight into the exponent bits. Within 2e-7 relative of exp over float32's range,
+    # 0 below -87.3 (where float32 underflows anyway), inf above 88.7, NaN for NaN.
+    cdef float xc = <float>88.7 if x > <float>88.7 else x
+    xc = <float>-87.3 if xc < <float>-87.3 else xc
+    cdef float t = xc * <float>1.44269504088896341
+    cdef int32_t n = <int32_t>(t + (<float>0.5 if t >= 0 else <float>-0.5))
+    cdef float r = (xc - n * <float>0.693359375) + n * <float>2.12194440e-4
+    cdef float p = 1 + r * (1 + r * (<float>0.5 + r * (<float>(1 / 6.0) + r * (<float>(1 / 24.0)
+                   + r * (<float>(1 / 120.0) + r * <float>(1 / 720.0))))))
+    cdef int32_t bits = (n + 127) << 23
+    cdef float scale
+    memcpy(&scale, &bits, 4)
+    return 0 if x < <float>-87.3 else p * scale
+
+
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return _expf(x)
+    else:
+        return exp(x)  # float64 keeps libm's exp: exactness against a float64 reference matters more
+
+
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
 
 
 def openmp_threads():
@@ -89,19 +126,19 @@ cdef inline void _layernorm_row(floating* out, floating* mean, floating* rstd, c
                                 const floating* w, const floating* bias, Py_ssize_t C,
                                 double eps) noexcept nogil:
     cdef Py_ssize_t c
-    cdef double m = 0.0, var = 0.0, d, s
+    cdef floating m = 0, var = 0, d, s
     for c in range(C):
-        m += x[c]
-    m /= C
+        m = m + x[c]
+    m = m / C
     for c in range(C):
         d = x[c] - m
-        var += d * d
-    var /= C  # biased variance, as torch.nn.LayerNorm
-    s = 1.0 / sqrt(var + eps)
+        var = var + d * d
+    var = var / C  # biased variance, as torch.nn.LayerNorm
+    s = 1 / _sqrt(<floating>(var + eps))
     for c in range(C):
-        out[c] = <floating>((x[c] - m) * s * w[c] + bias[c])
-    mean[0] = <floating>m
-    rstd[0] = <floating>s
+        out[c] = (x[c] - m) * s * w[c] + bias[c]
+    mean[0] = m
+    rstd[0] = s
 
 
 def layernorm_forward(floating[:, ::1] out, floating[::1] mean, floating[::1] rstd,
@@ -117,19 +154,18 @@ def layernorm_forward(floating[:, ::1] out, floating[::1] mean, floating[::1] rs
 
 
 cdef inline void _layernorm_row_backward(floating* dx, const floating* dout, const floating* x,
-                                         const floating* w, double mean, double rstd,
+                                         const floating* w, floating mean, floating rstd,
                                          Py_ssize_t C) noexcept nogil:
     cdef Py_ssize_t c
-    cdef double dnorm, norm, dnorm_mean = 0.0, dnorm_norm_mean = 0.0
+    cdef floating dnorm, dnorm_mean = 0, dnorm_norm_mean = 0
     for c in range(C):
         dnorm = w[c] * dout[c]
-        dnorm_mean += dnorm
-        dnorm_norm_mean += dnorm * (x[c] - mean) * rstd
-    dnorm_mean /= C
-    dnorm_norm_mean /= C
+        dnorm_mean = dnorm_mean + dnorm
+        dnorm_norm_mean = dnorm_norm_mean + dnorm * (x[c] - mean) * rstd
+    dnorm_mean = dnorm_mean / C
+    dnorm_norm_mean = dnorm_norm_mean / C
     for c in range(C):
-        norm = (x[c] - mean) * rstd
-        dx[c] += <floating>((w[c] * dout[c] - dnorm_mean - norm * dnorm_norm_mean) * rstd)
+        dx[c] += (w[c] * dout[c] - dnorm_mean - (x[c] - mean) * rstd * dnorm_norm_mean) * rstd
 
 
 def layernorm_backward(floating[:, ::1] dinp, floating[::1] dweight, floating[::1] dbias,
@@ -165,16 +201,15 @@ def layernorm_backward(floating[:, ::1] dinp, floating[::1] dweight, floating[::
 
 cdef inline void _softmax_row(floating* p, const floating* x, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t j
-    cdef double m = -INFINITY, total = 0.0, e
+    cdef floating m = -INFINITY, total = 0
     for j in range(n):
-        if x[j] > m:
-            m = x[j]
+        m = x[j] if x[j] > m else m
     for j in range(n):
-        e = exp(x[j] - m)
-        p[j] = <floating>e
-        total += e
+        p[j] = _exp(x[j] - m)
+        total = total + p[j]
+    total = 1 / total
     for j in range(n):
-        p[j] = <floating>(p[j] / total)
+        p[j] = p[j] * total
 
 
 def softmax_forward(floating[:, ::1] probs, const floating[:, ::1] logits):
@@ -189,51 +224,67 @@ def softmax_forward(floating[:, ::1] probs, const floating[:, ::1] logits):
 
 # ----------------------------------------------------------------------------------------------
 # causal self-attention, one head of one sequence at a time
+#
+# The inner loops run along contiguous memory and need no horizontal sum, so they vectorise:
+# scores are built key-by-key as q[c] * kt[c, :] over a transposed copy kt (hs, T) of the head's
+# keys, and the backward's datt likewise from a transposed copy of the values. Each thread keeps
+# one (hs, T) scratch block for that.
+
+cdef void _transpose_head(floating* dst, const floating* src, Py_ssize_t stride, Py_ssize_t T,
+                          Py_ssize_t hs) noexcept nogil:
+    # dst[c * T + t] = src[t * stride + c]: one head's (T, hs) keys or values, transposed
+    cdef Py_ssize_t t, c
+    for t in range(T):
+        for c in range(hs):
+            dst[c * T + t] = src[t * stride + c]
+
 
 cdef void _attention_head_forward(floating* out, Py_ssize_t out_stride, floating* att,
                                   const floating* q, const floating* k, const floating* v,
-                                  Py_ssize_t in_stride, const floating* mask,
+                                  Py_ssize_t in_stride, const floating* mask, floating* kt,
                                   Py_ssize_t T, Py_ssize_t Tq, Py_ssize_t hs,
-                                  double scale) noexcept nogil:
+                                  floating scale) noexcept nogil:
     # q, k, v point at position 0 of this head; position t is `t * in_stride` further on.
     # att (Tq, T) and mask (Tq, T) are this head's rows; out row i is `i * out_stride` on.
     cdef Py_ssize_t i, t, t2, c
-    cdef double s, m, total, p
+    cdef floating qc, p, s
     cdef floating* row
     cdef floating* o
-    cdef const floating* qt
-    cdef const floating* kv
+    cdef const floating* krow
+    cdef const floating* vrow
+    # With a few queries (generating with a cache), one dot product per key beats transposing all
+    # T keys first; with many, the transposed keys make every inner loop a contiguous axpy.
+    cdef bint transposed = Tq >= 4
+    if transposed:
+        _transpose_head(kt, k, in_stride, T, hs)
     for i in range(Tq):
         t = T - Tq + i  # the query's position: it sees keys 0..t
-        qt = q + t * in_stride
         row = att + i * T
-        m = -INFINITY
-        for t2 in range(t + 1):
-            kv = k + t2 * in_stride
-            s = 0.0
+        for t2 in range(T):
+            row[t2] = 0  # beyond t this stays: the causal mask gives the future no weight
+        # pre[t2] = scale * sum_c q[t, c] k[t2, c]
+        if transposed:
             for c in range(hs):
-                s += qt[c] * kv[c]
-            s *= scale
-            row[t2] = <floating>s
-            if s > m:
-                m = s
-        total = 0.0
-        for t2 in range(t + 1):
-            p = exp(row[t2] - m)
-            row[t2] = <floating>p
-            total += p
-        for t2 in range(t + 1):
-            row[t2] = <floating>(row[t2] / total)
-        for t2 in range(t + 1, T):
-            row[t2] = 0  # the causal mask: the future gets no weight
+                qc = q[t * in_stride + c] * scale
+                krow = kt + c * T
+                for t2 in range(t + 1):
+                    row[t2] += qc * krow[t2]
+        else:
+            for t2 in range(t + 1):
+                krow = k + t2 * in_stride
+                s = 0
+                for c in range(hs):
+                    s = s + q[t * in_stride + c] * krow[c]
+                row[t2] = s * scale
+        _softmax_row(row, row, t + 1)
         o = out + i * out_stride
         for c in range(hs):
             o[c] = 0
         for t2 in range(t + 1):
             p = row[t2] if mask == NULL else row[t2] * mask[i * T + t2]
-            kv = v + t2 * in_stride
+            vrow = v + t2 * in_stride
             for c in range(hs):
-                o[c] += <floating>(p * kv[c])
+                o[c] += p * vrow[c]
 
 
 def attention_forward(floating[:, :, ::1] out, floating[:, :, :, ::1] att,
@@ -253,28 +304,43 @@ def attention_forward(floating[:, :, ::1] out, floating[:, :, :, ::1] att,
     cdef Py_ssize_t Tq = out.shape[1], NH = n_head, hs = C // n_head, bh, b, h
     cdef Py_ssize_t in_stride = inp.strides[1] // sizeof(floating)
     cdef Py_ssize_t out_stride = out.strides[1] // sizeof(floating)
-    cdef double scale = 1.0 / sqrt(<double>hs)
+    cdef floating scale = 1 / sqrt(<double>hs)
     cdef bint masked = mask is not None
-    for bh in prange(B * NH, nogil=True, schedule='static',
-                     use_threads_if=B * NH * Tq * T * hs > PARALLEL_MIN_WORK):
-        b = bh // NH
-        h = bh % NH
-        _attention_head_forward(&out[b, 0, h * hs], out_stride, &att[b, h, 0, 0],
-                                &inp[b, 0, h * hs], &inp[b, 0, C + h * hs],
-                                &inp[b, 0, 2 * C + h * hs], in_stride,
-                                &mask[b, h, 0, 0] if masked else NULL, T, Tq, hs, scale)
+    cdef floating* kt = NULL
+    cdef int failed = 0  # a sum over threads (a reduction): any thread without scratch makes it > 0
+    with nogil, parallel(use_threads_if=B * NH * Tq * T * hs > PARALLEL_MIN_WORK):
+        kt = <floating*>malloc(hs * T * sizeof(floating))
+        for bh in prange(B * NH, schedule='static'):
+            if kt == NULL:
+                failed += 1
+                continue
+            b = bh // NH
+            h = bh % NH
+            _attention_head_forward(&out[b, 0, h * hs], out_stride, &att[b, h, 0, 0],
+                                    &inp[b, 0, h * hs], &inp[b, 0, C + h * hs],
+                                    &inp[b, 0, 2 * C + h * hs], in_stride,
+                                    &mask[b, h, 0, 0] if masked else NULL, kt, T, Tq, hs, scale)
+        free(kt)
+    if failed:
+        raise MemoryError("attention_forward: no memory for a head's scratch")
 
 
 cdef void _attention_head_backward(floating* dq, floating* dk, floating* dv, Py_ssize_t din_stride,
                                    floating* datt, const floating* dout, Py_ssize_t dout_stride,
                                    const floating* q, const floating* k, const floating* v,
                                    Py_ssize_t in_stride, const floating* att, const floating* mask,
-                                   Py_ssize_t T, Py_ssize_t hs, double scale) noexcept nogil:
+                                   floating* vt, Py_ssize_t T, Py_ssize_t hs,
+                                   floating scale) noexcept nogil:
     cdef Py_ssize_t t, t2, c
-    cdef double s, p, keep, dot, g
+    cdef floating p, dc, dot, g
     cdef const floating* arow
     cdef floating* drow
     cdef const floating* do
+    cdef const floating* vrow
+    cdef floating* dqt
+    cdef floating* row
+    cdef const floating* qt
+    _transpose_head(vt, v, in_stride, T, hs)
     for t in range(T):
         for c in range(hs):
             dq[t * din_stride + c] = 0
@@ -287,24 +353,36 @@ cdef void _attention_head_backward(floating* dq, floating* dk, floating* dv, Py_
         # forward was: out[t] = sum_t2 att[t2] * keep[t2] * v[t2], so
         #   datt[t2] = keep[t2] * (dout[t] . v[t2]);  dv[t2] += att[t2] * keep[t2] * dout[t]
         for t2 in range(t + 1):
-            keep = 1.0 if mask == NULL else mask[t * T + t2]
-            p = arow[t2] * keep
-            s = 0.0
-            for c in range(hs):
-                s += do[c] * v[t2 * in_stride + c]
-                dv[t2 * din_stride + c] += <floating>(p * do[c])
-            drow[t2] = <floating>(s * keep)
-        # forward was: att = softmax(pre), so dpre[t2] = att[t2] * (datt[t2] - sum_j att[j] datt[j])
-        dot = 0.0
+            drow[t2] = 0
+        for c in range(hs):
+            dc = do[c]
+            vrow = vt + c * T
+            for t2 in range(t + 1):
+                drow[t2] += dc * vrow[t2]
         for t2 in range(t + 1):
-            dot += arow[t2] * drow[t2]
+            p = arow[t2]
+            if mask != NULL:
+                p = p * mask[t * T + t2]
+                drow[t2] = drow[t2] * mask[t * T + t2]
+            row = dv + t2 * din_stride
+            for c in range(hs):
+                row[c] += p * do[c]
+        # forward was: att = softmax(pre), so dpre[t2] = att[t2] * (datt[t2] - sum_j att[j] datt[j])
+        dot = 0
+        for t2 in range(t + 1):
+            dot = dot + arow[t2] * drow[t2]
         # forward was: pre[t2] = scale * (q[t] . k[t2]), so
         #   dq[t] += scale * dpre[t2] * k[t2];  dk[t2] += scale * dpre[t2] * q[t]
+        dqt = dq + t * din_stride
+        qt = q + t * in_stride
         for t2 in range(t + 1):
             g = arow[t2] * (drow[t2] - dot) * scale
+            vrow = k + t2 * in_stride
             for c in range(hs):
-                dq[t * din_stride + c] += <floating>(g * k[t2 * in_stride + c])
-                dk[t2 * din_stride + c] += <floating>(g * q[t * in_stride + c])
+                dqt[c] += g * vrow[c]
+            row = dk + t2 * din_stride
+            for c in range(hs):
+                row[c] += g * qt[c]
 
 
 def attention_backward(floating[:, :, ::1] dinp, floating[:, :, :, ::1] datt,
@@ -321,27 +399,55 @@ def attention_backward(floating[:, :, ::1] dinp, floating[:, :, :, ::1] datt,
     cdef Py_ssize_t in_stride = inp.strides[1] // sizeof(floating)
     cdef Py_ssize_t din_stride = dinp.strides[1] // sizeof(floating)
     cdef Py_ssize_t dout_stride = dout.strides[1] // sizeof(floating)
-    cdef double scale = 1.0 / sqrt(<double>hs)
+    cdef floating scale = 1 / sqrt(<double>hs)
     cdef bint masked = mask is not None
-    for bh in prange(B * NH, nogil=True, schedule='static',
-                     use_threads_if=B * NH * T * T * hs > PARALLEL_MIN_WORK):
-        b = bh // NH
-        h = bh % NH
-        _attention_head_backward(&dinp[b, 0, h * hs], &dinp[b, 0, C + h * hs],
-                                 &dinp[b, 0, 2 * C + h * hs], din_stride, &datt[b, h, 0, 0],
-                                 &dout[b, 0, h * hs], dout_stride,
-                                 &inp[b, 0, h * hs], &inp[b, 0, C + h * hs],
-                                 &inp[b, 0, 2 * C + h * hs], in_stride, &att[b, h, 0, 0],
-                                 &mask[b, h, 0, 0] if masked else NULL, T, hs, scale)
+    cdef floating* vt = NULL
+    cdef int failed = 0  # a sum over threads (a reduction): any thread without scratch makes it > 0
+    with nogil, parallel(use_threads_if=B * NH * T * T * hs > PARALLEL_MIN_WORK):
+        vt = <floating*>malloc(hs * T * sizeof(floating))
+        for bh in prange(B * NH, schedule='static'):
+            if vt == NULL:
+                failed += 1
+                continue
+            b = bh // NH
+            h = bh % NH
+            _attention_head_backward(&dinp[b, 0, h * hs], &dinp[b, 0, C + h * hs],
+                                     &dinp[b, 0, 2 * C + h * hs], din_stride, &datt[b, h, 0, 0],
+                                     &dout[b, 0, h * hs], dout_stride,
+                                     &inp[b, 0, h * hs], &inp[b, 0, C + h * hs],
+                                     &inp[b, 0, 2 * C + h * hs], in_stride, &att[b, h, 0, 0],
+                                     &mask[b, h, 0, 0] if masked else NULL, vt, T, hs, scale)
+        free(vt)
+    if failed:
+        raise MemoryError("attention_backward: no memory for a head's scratch")
 
 
 # ----------------------------------------------------------------------------------------------
 # GELU, tanh approximation (GPT-2's "gelu_new")
 
-cdef inline double _tanh(double u) noexcept nogil:
-    # tanh through one exp: about 3x faster than glibc's tanh, within 2.2e-16 of it (absolute).
-    cdef double e = exp(-2.0 * fabs(u))
-    return copysign((1.0 - e) / (1.0 + e), u)
+cdef inline floating _tanh(floating u) noexcept nogil:
+    # tanh through one exp (libm's tanh is 3x slower here and never vectorises)
+    cdef floating e = _exp(-2 * (u if u >= 0 else -u))
+    cdef floating th = (1 - e) / (1 + e)
+    return th if u >= 0 else -th
+
+
+cdef void _gelu_forward_span(floating* out, const floating* inp, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating x, half = 0.5, one = 1, s = GELU_SCALE, a = GELU_CUBIC
+    for i in range(n):
+        x = inp[i]
+        out[i] = half * x * (one + _tanh(s * (x + a * x * x * x)))
+
+
+cdef void _gelu_backward_span(floating* dinp, const floating* inp, const floating* dout,
+                              Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating x, th, half = 0.5, one = 1, three = 3, s = GELU_SCALE, a = GELU_CUBIC
+    for i in range(n):
+        x = inp[i]
+        th = _tanh(s * (x + a * x * x * x))
+        dinp[i] = dout[i] * (half * (one + th) + half * x * (one - th * th) * s * (one + three * a * x * x))
 
 
 def gelu_forward(floating[::1] out, const floating[::1] inp):
@@ -349,11 +455,11 @@ def gelu_forward(floating[::1] out, const floating[::1] inp):
 
     out may be inp itself.
     """
-    cdef Py_ssize_t n = inp.shape[0], i
-    cdef double x
-    for i in prange(n, nogil=True, schedule='static', use_threads_if=n > PARALLEL_MIN_WORK):
-        x = inp[i]
-        out[i] = <floating>(0.5 * x * (1.0 + _tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x))))
+    cdef Py_ssize_t n = inp.shape[0], c, start
+    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static',
+                    use_threads_if=n > PARALLEL_MIN_WORK):
+        start = c * CHUNK
+        _gelu_forward_span(&out[start], &inp[start], min(CHUNK, n - start))
 
 
 def gelu_backward(floating[::1] dinp, const floating[::1] inp, const floating[::1] dout):
@@ -362,27 +468,24 @@ def gelu_backward(floating[::1] dinp, const floating[::1] inp, const floating[::
     forward was: out = 0.5 x (1 + tanh(u)), u = s (x + a x^3), so
         gelu'(x) = 0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) s (1 + 3 a x^2)
     """
-    cdef Py_ssize_t n = inp.shape[0], i
-    cdef double x, th
-    for i in prange(n, nogil=True, schedule='static', use_threads_if=n > PARALLEL_MIN_WORK):
-        x = inp[i]
-        th = _tanh(GELU_SCALE * (x + GELU_CUBIC * x * x * x))
-        dinp[i] = <floating>(dout[i] * (0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th)
-                                        * GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x)))
+    cdef Py_ssize_t n = inp.shape[0], c, start
+    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static',
+                    use_threads_if=n > PARALLEL_MIN_WORK):
+        start = c * CHUNK
+        _gelu_backward_span(&dinp[start], &inp[start], &dout[start], min(CHUNK, n - start))
 
 
 # ----------------------------------------------------------------------------------------------
 # cross-entropy over the softmax of the logits: the loss and the output layer's gradient
 
-cdef inline double _logsumexp_row(const floating* x, Py_ssize_t n) noexcept nogil:
+cdef inline floating _logsumexp_row(const floating* x, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t j
-    cdef double m = -INFINITY, total = 0.0
+    cdef floating m = -INFINITY, total = 0
     for j in range(n):
-        if x[j] > m:
-            m = x[j]
+        m = x[j] if x[j] > m else m
     for j in range(n):
-        total += exp(x[j] - m)
-    return m + log(total)
+        total = total + _exp(x[j] - m)
+    return m + <floating>log(total)
 
 
 def crossentropy_forward(floating[::1] losses, floating[::1] lse,
@@ -393,11 +496,23 @@ def crossentropy_forward(floating[::1] losses, floating[::1] lse,
     targets (N,), -1 marks a position that is not scored (padding).
     """
     cdef Py_ssize_t N = logits.shape[0], V = logits.shape[1], i
-    cdef double z
+    cdef floating z
     for i in prange(N, nogil=True, schedule='static', use_threads_if=N * V > PARALLEL_MIN_WORK):
         z = _logsumexp_row(&logits[i, 0], V)
-        lse[i] = <floating>z
-        losses[i] = <floating>(z - logits[i, targets[i]]) if targets[i] >= 0 else 0
+        lse[i] = z
+        losses[i] = z - logits[i, targets[i]] if targets[i] >= 0 else 0
+
+
+cdef inline void _crossentropy_row_backward(floating* d, const floating* x, floating lse, int64_t target,
+                                            floating dloss, Py_ssize_t V) noexcept nogil:
+    cdef Py_ssize_t j
+    if target < 0:
+        for j in range(V):
+            d[j] = 0
+        return
+    for j in range(V):
+        d[j] = _exp(x[j] - lse) * dloss
+    d[target] -= dloss
 
 
 def crossentropy_backward(floating[:, ::1] dlogits, const floating[:, ::1] logits,
@@ -409,21 +524,27 @@ def crossentropy_backward(floating[:, ::1] dlogits, const floating[:, ::1] logit
     dlogits (N, V) is written and may be logits itself; dloss is the gradient of each row's loss
     (1 / number of scored rows for a mean).
     """
-    cdef Py_ssize_t N = logits.shape[0], V = logits.shape[1], i, j
-    cdef double z
+    cdef Py_ssize_t N = logits.shape[0], V = logits.shape[1], i
     for i in prange(N, nogil=True, schedule='static', use_threads_if=N * V > PARALLEL_MIN_WORK):
-        if targets[i] < 0:
-            for j in range(V):
-                dlogits[i, j] = 0
-        else:
-            z = lse[i]
-            for j in range(V):
-                dlogits[i, j] = <floating>(exp(logits[i, j] - z) * dloss)
-            dlogits[i, targets[i]] -= <floating>dloss
+        _crossentropy_row_backward(&dlogits[i, 0], &logits[i, 0], lse[i], targets[i], <floating>dloss, V)
 
 
 # ----------------------------------------------------------------------------------------------
 # AdamW
+
+cdef void _adamw_span(floating* p, const floating* grads, floating* m, floating* v, Py_ssize_t n,
+                      floating step_size, floating inv_bc2_sqrt, floating decay, floating beta1,
+                      floating beta2, floating eps) noexcept nogil:
+    cdef Py_ssize_t i
+    cdef floating g, mi, vi, one = 1
+    for i in range(n):
+        g = grads[i]
+        mi = m[i] + (one - beta1) * (g - m[i])  # torch's lerp form of beta1 m + (1 - beta1) g
+        vi = beta2 * v[i] + (one - beta2) * g * g
+        m[i] = mi
+        v[i] = vi
+        p[i] = p[i] * decay - step_size * mi / (_sqrt(vi) * inv_bc2_sqrt + eps)
+
 
 def adamw_update(floating[::1] params, const floating[::1] grads, floating[::1] m, floating[::1] v,
                  double lr, double beta1, double beta2, double eps, double weight_decay,
@@ -435,15 +556,12 @@ def adamw_update(floating[::1] params, const floating[::1] grads, floating[::1] 
         m  = beta1 m + (1 - beta1) g;   v = beta2 v + (1 - beta2) g^2
         p -= lr / (1 - beta1^step) * m / (sqrt(v) / sqrt(1 - beta2^step) + eps)
     """
-    cdef Py_ssize_t n = params.shape[0], i
-    cdef double step_size = lr / (1.0 - beta1 ** step)
-    cdef double bc2_sqrt = sqrt(1.0 - beta2 ** step)
-    cdef double decay = 1.0 - lr * weight_decay
-    cdef double g, mi, vi
-    for i in prange(n, nogil=True, schedule='static', use_threads_if=n > PARALLEL_MIN_WORK):
-        g = grads[i]
-        mi = m[i] + (1.0 - beta1) * (g - m[i])  # torch's lerp form of beta1 m + (1 - beta1) g
-        vi = beta2 * v[i] + (1.0 - beta2) * g * g
-        m[i] = <floating>mi
-        v[i] = <floating>vi
-        params[i] = <floating>(params[i] * decay - step_size * mi / (sqrt(vi) / bc2_sqrt + eps))
+    cdef Py_ssize_t n = params.shape[0], c, start
+    cdef floating step_size = lr / (1.0 - beta1 ** step)
+    cdef floating inv_bc2_sqrt = 1.0 / sqrt(1.0 - beta2 ** step)
+    cdef floating decay = 1.0 - lr * weight_decay
+    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static',
+                    use_threads_if=n > PARALLEL_MIN_WORK):
+        start = c * CHUNK
+        _adamw_span(&params[start], &grads[start], &m[start], &v[start], min(CHUNK, n - start),
+                    step_size, inv_bc2_sqrt, decay, <floating>beta1, <floating>beta2, <floating>eps)
