@@ -244,8 +244,9 @@ def blas_threads() -> str:
 # kernels -----------------------------------------------------------------------------------------
 
 
-def kernel_cases(b: Bench, dtype=np.float32) -> dict[str, Callable[[object], None]]:
-    """One call of each fused kernel at this configuration's sizes, for a given backend module."""
+def kernel_cases(b: Bench, dtype=np.float32) -> dict[str, Callable[[], None]]:
+    """One call of each fused kernel (through simple_llm.kernels, so with the backend in use) at
+    this configuration's sizes. attention_forward/backward include their BLAS products."""
     c, B = b.cfg, b.batch
     T, C, NH, V, N = c.n_ctx, c.n_embd, c.n_head, c.vocab_size, b.batch * c.n_ctx
     rng = np.random.default_rng(0)
@@ -256,24 +257,28 @@ def kernel_cases(b: Bench, dtype=np.float32) -> dict[str, Callable[[object], Non
     x, w, bias, dout = r(N, C), r(C), r(C), r(N, C)
     mean, rstd = np.empty(N, dtype), np.empty(N, dtype)
     qkv, att, out, dqkv, datt = r(B, T, 3 * C), np.empty((B, NH, T, T), dtype), r(B, T, C), r(B, T, 3 * C), np.empty((B, NH, T, T), dtype)
+    scores = r(B, NH, T, T)
     h, logits, targets = r(N, 4 * C), r(N, V), rng.integers(0, V, N)
     losses, lse = np.empty(N, dtype), np.empty(N, dtype)
     n = sum(int(np.prod(s)) for s in c.shapes().values())
     p, g, m, v = r(n), r(n), r(n), np.abs(r(n))
-    fallback.layernorm_forward(out.reshape(N, C), mean, rstd, x, w, bias, 1e-5)
-    fallback.attention_forward(out, att, qkv, NH)
-    fallback.crossentropy_forward(losses, lse, logits, targets)
+    K = kernels
+    K.layernorm_forward(out.reshape(N, C), mean, rstd, x, w, bias, 1e-5)
+    K.attention_forward(out, att, qkv, NH)
+    K.crossentropy_forward(losses, lse, logits, targets)
     return {
-        "layernorm_forward": lambda k: k.layernorm_forward(out.reshape(N, C), mean, rstd, x, w, bias, 1e-5),
-        "layernorm_backward": lambda k: k.layernorm_backward(dout.copy(), w.copy(), bias.copy(), dout, x, w, mean, rstd),
-        "attention_forward": lambda k: k.attention_forward(out, att, qkv, NH, None),
-        "attention_backward": lambda k: k.attention_backward(dqkv, datt, out, qkv, att, NH, None),
-        "softmax_forward": lambda k: k.softmax_forward(logits.copy(), logits),
-        "gelu_forward": lambda k: k.gelu_forward(h.reshape(-1).copy(), h.reshape(-1)),
-        "gelu_backward": lambda k: k.gelu_backward(h.reshape(-1).copy(), h.reshape(-1), h.reshape(-1)),
-        "crossentropy_forward": lambda k: k.crossentropy_forward(losses, lse, logits, targets),
-        "crossentropy_backward": lambda k: k.crossentropy_backward(logits.copy(), logits, lse, targets, 1.0 / N),
-        "adamw_update": lambda k: k.adamw_update(p, g, m, v, 1e-9, 0.9, 0.95, 1e-8, 0.1, 1),
+        "layernorm_forward": lambda: K.layernorm_forward(out.reshape(N, C), mean, rstd, x, w, bias, 1e-5),
+        "layernorm_backward": lambda: K.layernorm_backward(dout.copy(), w.copy(), bias.copy(), dout, x, w, mean, rstd),
+        "attention_softmax_fwd": lambda: K.attention_softmax_forward(scores.copy(), 0.2),
+        "attention_softmax_bwd": lambda: K.attention_softmax_backward(scores.copy(), att, 0.2),
+        "attention_forward": lambda: K.attention_forward(out, att, qkv, NH, None),
+        "attention_backward": lambda: K.attention_backward(dqkv, datt, out, qkv, att, NH, None),
+        "softmax_forward": lambda: K.softmax_forward(logits.copy(), logits),
+        "gelu_forward": lambda: K.gelu_forward(h.copy(), h),
+        "gelu_backward": lambda: K.gelu_backward(h.copy(), h, h),
+        "crossentropy_forward": lambda: K.crossentropy_forward(losses, lse, logits, targets),
+        "crossentropy_backward": lambda: K.crossentropy_backward(logits.copy(), logits, lse, targets, 1.0 / N),
+        "adamw_update": lambda: K.adamw_update(p, g, m, v, 1e-9, 0.9, 0.95, 1e-8, 0.1, 1),
     }
 
 
@@ -281,8 +286,10 @@ def kernel_table(b: Bench, repeats: int) -> list[tuple[str, float, float]]:
     """(kernel, compiled microseconds, NumPy microseconds) at b's sizes."""
     rows = []
     for name, call in kernel_cases(b).items():
-        t_c = median_time(lambda: call(compiled()), repeats)
-        t_n = median_time(lambda: call(fallback), repeats)
+        with backend(compiled()):
+            t_c = median_time(call, repeats)
+        with backend(fallback):
+            t_n = median_time(call, repeats)
         rows.append((name, t_c * 1e6, t_n * 1e6))
     return rows
 

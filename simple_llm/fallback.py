@@ -78,56 +78,23 @@ def softmax_forward(probs, logits):
     probs /= probs.sum(axis=1, keepdims=True)
 
 
-# causal self-attention
+# attention: the elementwise chain between the two BLAS products (simple_llm.kernels does those)
 
 
-def _split_heads(x, n_head):
-    """(B, T, C) -> (B, NH, T, hs), a view."""
-    B, T, C = x.shape
-    return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
-
-
-def attention_forward(out, att, inp, n_head, mask=None):
-    """Causal self-attention for the last Tq of T positions (see the compiled twin).
-
-    out (B, Tq, C); att (B, NH, Tq, T) saved softmax; inp (B, T, 3C) = q, k, v; mask (B, NH, Tq, T).
-    """
-    B, T, C3 = inp.shape
-    C, Tq = C3 // 3, out.shape[1]
-    q = _split_heads(inp[:, T - Tq :, :C], n_head)  # (B, NH, Tq, hs)
-    k = _split_heads(inp[:, :, C : 2 * C], n_head)  # (B, NH, T, hs)
-    v = _split_heads(inp[:, :, 2 * C :], n_head)  # (B, NH, T, hs)
-    np.matmul(q, k.swapaxes(-1, -2), out=att)
-    att *= 1.0 / np.sqrt(C // n_head)
-    future = np.triu(np.ones((Tq, T), dtype=bool), k=T - Tq + 1)  # key after the query
-    att[..., future] = -np.inf
+def attention_softmax_forward(att, scale):
+    """In place over att (B, NH, Tq, T): softmax(scale * scores) over the keys at or before each
+    query's position (query i is position T - Tq + i), 0 after it."""
+    Tq, T = att.shape[-2:]
+    att *= scale
+    att[..., np.triu(np.ones((Tq, T), dtype=bool), k=T - Tq + 1)] = -np.inf
     softmax_forward(att.reshape(-1, T), att.reshape(-1, T))
-    p = att if mask is None else att * mask
-    out[...] = np.matmul(p, v).transpose(0, 2, 1, 3).reshape(B, Tq, C)
 
 
-def attention_backward(dinp, datt, dout, inp, att, n_head, mask=None):
-    """Backward of attention_forward with Tq == T; writes dinp (B, T, 3C); datt is scratch."""
-    B, T, C3 = inp.shape
-    C = C3 // 3
-    q = _split_heads(inp[:, :, :C], n_head)
-    k = _split_heads(inp[:, :, C : 2 * C], n_head)
-    v = _split_heads(inp[:, :, 2 * C :], n_head)
-    dy = _split_heads(dout, n_head)  # (B, NH, T, hs)
-    dq = _split_heads(dinp[:, :, :C], n_head)
-    dk = _split_heads(dinp[:, :, C : 2 * C], n_head)
-    dv = _split_heads(dinp[:, :, 2 * C :], n_head)
-    keep = 1.0 if mask is None else mask
-    # forward was: y = (att * keep) @ v
-    dv[...] = np.matmul((att * keep).swapaxes(-1, -2), dy)
-    np.matmul(dy, v.swapaxes(-1, -2), out=datt)
-    datt *= keep
-    # forward was: att = softmax(pre)
-    dpre = att * (datt - (att * datt).sum(axis=-1, keepdims=True))
-    dpre *= 1.0 / np.sqrt(C // n_head)
-    # forward was: pre = scale * q @ k^T
-    dq[...] = np.matmul(dpre, k)
-    dk[...] = np.matmul(dpre.swapaxes(-1, -2), q)
+def attention_softmax_backward(datt, att, scale):
+    """In place over datt (B, NH, T, T): scale * att * (datt - sum over the row of att * datt)."""
+    datt -= (att * datt).sum(axis=-1, keepdims=True)
+    datt *= att
+    datt *= scale
 
 
 # GELU, tanh approximation

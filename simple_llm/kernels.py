@@ -181,14 +181,41 @@ def softmax_forward(probs, logits):
     impl.softmax_forward(probs, logits)
 
 
-# attention ---------------------------------------------------------------------------------------
+# attention -------------------------------------------------------------------------------------
+# The matrix products go to BLAS (batched np.matmul over every head, into the caller's buffers); the
+# backend does the elementwise chain between them in one pass.
+
+
+def _split_heads(x, n_head):
+    """(B, T, C) -> (B, NH, T, hs), a view: head h is channels h*hs .. (h+1)*hs."""
+    B, T, C = x.shape
+    return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+
+
+def attention_softmax_forward(att, scale):
+    """In place over att (B, NH, Tq, T): scale, causal mask, softmax; zero after each query."""
+    fn = "attention_softmax_forward"
+    dt = _float_dtype(fn, "att", att)
+    _check(fn, dt, att=(att, (None, None, None, None)))
+    _writable(fn, att=att)
+    impl.attention_softmax_forward(att, float(scale))
+
+
+def attention_softmax_backward(datt, att, scale):
+    """In place over datt (B, NH, T, T): the gradient of the scores from that of the weights."""
+    fn = "attention_softmax_backward"
+    dt = _float_dtype(fn, "att", att)
+    _check(fn, dt, datt=(datt, att.shape), att=(att, (None, None, None, None)))
+    _writable(fn, datt=datt)
+    impl.attention_softmax_backward(datt, att, float(scale))
 
 
 def attention_forward(out, att, inp, n_head, mask=None):
     """Causal attention of the last Tq of T positions: out (B, Tq, C), att (B, NH, Tq, T) saved.
 
     inp (B, T, 3C) holds q, k, v (it may be a slice of a key/value cache along time); mask is
-    dropout's scaled keep-mask (B, NH, Tq, T) or None.
+    dropout's scaled keep-mask (B, NH, Tq, T) or None. Query i is position T - Tq + i and sees the
+    keys at or before it.
     """
     fn = "attention_forward"
     dt = _float_dtype(fn, "inp", inp)
@@ -203,11 +230,17 @@ def attention_forward(out, att, inp, n_head, mask=None):
     _check(fn, dt, inner_only=("inp",), out=(out, (B, Tq, C)), att=(att, (B, n_head, Tq, T)),
            inp=(inp, (B, T, C3)), mask=(mask, (B, n_head, Tq, T)))
     _writable(fn, out=out, att=att)
-    impl.attention_forward(out, att, inp, int(n_head), mask)
+    q = _split_heads(inp[:, T - Tq :, :C], n_head)  # (B, NH, Tq, hs)
+    k = _split_heads(inp[:, :, C : 2 * C], n_head)  # (B, NH, T, hs)
+    v = _split_heads(inp[:, :, 2 * C :], n_head)  # (B, NH, T, hs)
+    np.matmul(q, k.swapaxes(-1, -2), out=att)  # the scores q . k
+    impl.attention_softmax_forward(att, 1.0 / np.sqrt(C // n_head))  # att = softmax(scores / sqrt(hs))
+    weights = att if mask is None else att * mask  # dropout on the weights (a temporary)
+    np.matmul(weights, v, out=_split_heads(out, n_head))  # y = att @ v, heads side by side
 
 
 def attention_backward(dinp, datt, dout, inp, att, n_head, mask=None):
-    """Writes dinp (B, T, 3C); datt (B, NH, T, T) is scratch; dout (B, T, C)."""
+    """Writes dinp (B, T, 3C) = (dq, dk, dv); datt (B, NH, T, T) is scratch; dout (B, T, C)."""
     fn = "attention_backward"
     dt = _float_dtype(fn, "inp", inp)
     B, T, C3 = _shape(fn, "inp", inp, 3)
@@ -218,7 +251,19 @@ def attention_backward(dinp, datt, dout, inp, att, n_head, mask=None):
     _check(fn, dt, dinp=(dinp, (B, T, C3)), datt=(datt, (B, n_head, T, T)), dout=(dout, (B, T, C)),
            inp=(inp, (B, T, C3)), att=(att, (B, n_head, T, T)), mask=(mask, (B, n_head, T, T)))
     _writable(fn, dinp=dinp, datt=datt)
-    impl.attention_backward(dinp, datt, dout, inp, att, int(n_head), mask)
+    q, k, v = (_split_heads(inp[:, :, i * C : (i + 1) * C], n_head) for i in range(3))
+    dq, dk, dv = (_split_heads(dinp[:, :, i * C : (i + 1) * C], n_head) for i in range(3))
+    dy = _split_heads(dout, n_head)  # (B, NH, T, hs)
+    # forward was: y = w @ v with w = att * keep, so dv = w^T @ dy and dw = dy @ v^T
+    weights = att if mask is None else att * mask
+    np.matmul(weights.swapaxes(-1, -2), dy, out=dv)
+    np.matmul(dy, v.swapaxes(-1, -2), out=datt)
+    if mask is not None:
+        datt *= mask  # d att = d w * keep
+    # forward was: att = softmax(scale * s), s = q @ k^T: datt becomes ds in place
+    impl.attention_softmax_backward(datt, att, 1.0 / np.sqrt(C // n_head))
+    np.matmul(datt, k, out=dq)  # ds @ k
+    np.matmul(datt.swapaxes(-1, -2), q, out=dk)  # ds^T @ q
 
 
 def _checked_array(fn: str, name: str, a: Any) -> np.ndarray:

@@ -16,10 +16,9 @@ Loops are written so that the compiler can vectorise them (setup.py allows it to
 float32 is computed in float32 (as PyTorch does), float64 in float64.
 """
 from cython cimport floating
-from cython.parallel cimport parallel, prange, threadid
+from cython.parallel cimport prange
 from libc.math cimport INFINITY, exp, log, sqrt, sqrtf
 from libc.stdint cimport int32_t, int64_t
-from libc.stdlib cimport free, malloc
 from libc.string cimport memcpy
 
 cdef extern from *:
@@ -223,203 +222,59 @@ def softmax_forward(floating[:, ::1] probs, const floating[:, ::1] logits):
 
 
 # ----------------------------------------------------------------------------------------------
-# causal self-attention, one head of one sequence at a time
-#
-# The inner loops run along contiguous memory and need no horizontal sum, so they vectorise:
-# scores are built key-by-key as q[c] * kt[c, :] over a transposed copy kt (hs, T) of the head's
-# keys, and the backward's datt likewise from a transposed copy of the values. Each thread keeps
-# one (hs, T) scratch block for that.
+# attention: the elementwise chain between the two BLAS products (simple_llm.kernels does those)
 
-cdef void _transpose_head(floating* dst, const floating* src, Py_ssize_t stride, Py_ssize_t T,
-                          Py_ssize_t hs) noexcept nogil:
-    # dst[c * T + t] = src[t * stride + c]: one head's (T, hs) keys or values, transposed
-    cdef Py_ssize_t t, c
-    for t in range(T):
-        for c in range(hs):
-            dst[c * T + t] = src[t * stride + c]
-
-
-cdef void _attention_head_forward(floating* out, Py_ssize_t out_stride, floating* att,
-                                  const floating* q, const floating* k, const floating* v,
-                                  Py_ssize_t in_stride, const floating* mask, floating* kt,
-                                  Py_ssize_t T, Py_ssize_t Tq, Py_ssize_t hs,
-                                  floating scale) noexcept nogil:
-    # q, k, v point at position 0 of this head; position t is `t * in_stride` further on.
-    # att (Tq, T) and mask (Tq, T) are this head's rows; out row i is `i * out_stride` on.
-    cdef Py_ssize_t i, t, t2, c
-    cdef floating qc, p, s
-    cdef floating* row
-    cdef floating* o
-    cdef const floating* krow
-    cdef const floating* vrow
-    # With a few queries (generating with a cache), one dot product per key beats transposing all
-    # T keys first; with many, the transposed keys make every inner loop a contiguous axpy.
-    cdef bint transposed = Tq >= 4
-    if transposed:
-        _transpose_head(kt, k, in_stride, T, hs)
-    for i in range(Tq):
-        t = T - Tq + i  # the query's position: it sees keys 0..t
-        row = att + i * T
-        for t2 in range(T):
-            row[t2] = 0  # beyond t this stays: the causal mask gives the future no weight
-        # pre[t2] = scale * sum_c q[t, c] k[t2, c]
-        if transposed:
-            for c in range(hs):
-                qc = q[t * in_stride + c] * scale
-                krow = kt + c * T
-                for t2 in range(t + 1):
-                    row[t2] += qc * krow[t2]
-        else:
-            for t2 in range(t + 1):
-                krow = k + t2 * in_stride
-                s = 0
-                for c in range(hs):
-                    s = s + q[t * in_stride + c] * krow[c]
-                row[t2] = s * scale
-        _softmax_row(row, row, t + 1)
-        o = out + i * out_stride
-        for c in range(hs):
-            o[c] = 0
-        for t2 in range(t + 1):
-            p = row[t2] if mask == NULL else row[t2] * mask[i * T + t2]
-            vrow = v + t2 * in_stride
-            for c in range(hs):
-                o[c] += p * vrow[c]
+cdef void _causal_softmax_row(floating* row, Py_ssize_t n, Py_ssize_t T, floating scale) noexcept nogil:
+    # row[:n] = softmax(scale * row[:n]); row[n:T] = 0, the keys after the query
+    cdef Py_ssize_t j
+    cdef floating m = -INFINITY, total = 0
+    for j in range(n):
+        m = row[j] if row[j] > m else m
+    m = m * scale  # scale > 0, so the largest scaled score is the scaled largest
+    for j in range(n):
+        row[j] = _exp(row[j] * scale - m)
+        total = total + row[j]
+    total = 1 / total
+    for j in range(n):
+        row[j] = row[j] * total
+    for j in range(n, T):
+        row[j] = 0
 
 
-def attention_forward(floating[:, :, ::1] out, floating[:, :, :, ::1] att,
-                      const floating[:, :, :] inp, int n_head,
-                      const floating[:, :, :, ::1] mask=None):
-    """Causal self-attention for the last Tq of T positions, all heads.
+def attention_softmax_forward(floating[:, :, :, ::1] att, double scale):
+    """Scale, causal mask and softmax, in place, in one pass over each row.
 
-    out (B, Tq, C): for each head, softmax(q k^T / sqrt(hs)) v over keys at or before the query
-    att (B, NH, Tq, T): the softmax, saved for the backward (zero above the diagonal)
-    inp (B, T, 3C): q, k and v of every position side by side, as c_attn makes them
-    mask (B, NH, Tq, T) or None: dropout's keep-mask, already scaled by 1 / (1 - p)
-    Query i is position T - Tq + i. Training passes Tq == T; generation with a key/value cache passes
-    the whole cache as inp and only the new positions as out. inp may be strided along batch and time
-    (a slice of the cache); its last axis must be contiguous, which the caller checks.
+    att (B, NH, Tq, T): the scores q . k on entry; on return softmax(scale * scores) over the keys
+    at or before each query's position (query i is position T - Tq + i), and 0 after it.
     """
-    cdef Py_ssize_t B = inp.shape[0], T = inp.shape[1], C = inp.shape[2] // 3
-    cdef Py_ssize_t Tq = out.shape[1], NH = n_head, hs = C // n_head, bh, b, h
-    cdef Py_ssize_t in_stride = inp.strides[1] // sizeof(floating)
-    cdef Py_ssize_t out_stride = out.strides[1] // sizeof(floating)
-    cdef floating scale = 1 / sqrt(<double>hs)
-    cdef bint masked = mask is not None
-    cdef floating* kt = NULL
-    cdef int failed = 0  # a sum over threads (a reduction): any thread without scratch makes it > 0
-    with nogil, parallel(use_threads_if=B * NH * Tq * T * hs > PARALLEL_MIN_WORK):
-        kt = <floating*>malloc(hs * T * sizeof(floating))
-        for bh in prange(B * NH, schedule='static'):
-            if kt == NULL:
-                failed += 1
-                continue
-            b = bh // NH
-            h = bh % NH
-            _attention_head_forward(&out[b, 0, h * hs], out_stride, &att[b, h, 0, 0],
-                                    &inp[b, 0, h * hs], &inp[b, 0, C + h * hs],
-                                    &inp[b, 0, 2 * C + h * hs], in_stride,
-                                    &mask[b, h, 0, 0] if masked else NULL, kt, T, Tq, hs, scale)
-        free(kt)
-    if failed:
-        raise MemoryError("attention_forward: no memory for a head's scratch")
+    cdef Py_ssize_t B = att.shape[0], NH = att.shape[1], Tq = att.shape[2], T = att.shape[3]
+    cdef Py_ssize_t rows = B * NH * Tq, r
+    cdef floating* base = &att[0, 0, 0, 0]
+    for r in prange(rows, nogil=True, schedule='static', use_threads_if=rows * T > PARALLEL_MIN_WORK):
+        _causal_softmax_row(base + r * T, T - Tq + r % Tq + 1, T, <floating>scale)
 
 
-cdef void _attention_head_backward(floating* dq, floating* dk, floating* dv, Py_ssize_t din_stride,
-                                   floating* datt, const floating* dout, Py_ssize_t dout_stride,
-                                   const floating* q, const floating* k, const floating* v,
-                                   Py_ssize_t in_stride, const floating* att, const floating* mask,
-                                   floating* vt, Py_ssize_t T, Py_ssize_t hs,
-                                   floating scale) noexcept nogil:
-    cdef Py_ssize_t t, t2, c
-    cdef floating p, dc, dot, g
-    cdef const floating* arow
-    cdef floating* drow
-    cdef const floating* do
-    cdef const floating* vrow
-    cdef floating* dqt
-    cdef floating* row
-    cdef const floating* qt
-    _transpose_head(vt, v, in_stride, T, hs)
-    for t in range(T):
-        for c in range(hs):
-            dq[t * din_stride + c] = 0
-            dk[t * din_stride + c] = 0
-            dv[t * din_stride + c] = 0
-    for t in range(T):
-        arow = att + t * T
-        drow = datt + t * T
-        do = dout + t * dout_stride
-        # forward was: out[t] = sum_t2 att[t2] * keep[t2] * v[t2], so
-        #   datt[t2] = keep[t2] * (dout[t] . v[t2]);  dv[t2] += att[t2] * keep[t2] * dout[t]
-        for t2 in range(t + 1):
-            drow[t2] = 0
-        for c in range(hs):
-            dc = do[c]
-            vrow = vt + c * T
-            for t2 in range(t + 1):
-                drow[t2] += dc * vrow[t2]
-        for t2 in range(t + 1):
-            p = arow[t2]
-            if mask != NULL:
-                p = p * mask[t * T + t2]
-                drow[t2] = drow[t2] * mask[t * T + t2]
-            row = dv + t2 * din_stride
-            for c in range(hs):
-                row[c] += p * do[c]
-        # forward was: att = softmax(pre), so dpre[t2] = att[t2] * (datt[t2] - sum_j att[j] datt[j])
-        dot = 0
-        for t2 in range(t + 1):
-            dot = dot + arow[t2] * drow[t2]
-        # forward was: pre[t2] = scale * (q[t] . k[t2]), so
-        #   dq[t] += scale * dpre[t2] * k[t2];  dk[t2] += scale * dpre[t2] * q[t]
-        dqt = dq + t * din_stride
-        qt = q + t * in_stride
-        for t2 in range(t + 1):
-            g = arow[t2] * (drow[t2] - dot) * scale
-            vrow = k + t2 * in_stride
-            for c in range(hs):
-                dqt[c] += g * vrow[c]
-            row = dk + t2 * din_stride
-            for c in range(hs):
-                row[c] += g * qt[c]
+cdef void _softmax_backward_row(floating* d, const floating* p, Py_ssize_t T, floating scale) noexcept nogil:
+    cdef Py_ssize_t j
+    cdef floating dot = 0
+    for j in range(T):
+        dot = dot + p[j] * d[j]
+    for j in range(T):
+        d[j] = scale * p[j] * (d[j] - dot)
 
 
-def attention_backward(floating[:, :, ::1] dinp, floating[:, :, :, ::1] datt,
-                       const floating[:, :, ::1] dout, const floating[:, :, ::1] inp,
-                       const floating[:, :, :, ::1] att, int n_head,
-                       const floating[:, :, :, ::1] mask=None):
-    """Backward of attention_forward over whole sequences (Tq == T).
+def attention_softmax_backward(floating[:, :, :, ::1] datt, const floating[:, :, :, ::1] att, double scale):
+    """Backward of attention_softmax_forward, in place over datt (B, NH, T, T).
 
-    dinp (B, T, 3C) is written: dq, dk, dv side by side. datt (B, NH, T, T) is scratch.
-    dout (B, T, C); inp (B, T, 3C) and att (B, NH, T, T) as the forward saw and saved them.
+    forward was: att = softmax(scale * s) row by row, so
+        ds[j] = scale * att[j] * (datt[j] - sum_k att[k] datt[k])
+    The causal mask needs nothing: masked weights are 0, and so is their gradient.
     """
-    cdef Py_ssize_t B = inp.shape[0], T = inp.shape[1], C = inp.shape[2] // 3
-    cdef Py_ssize_t NH = n_head, hs = C // n_head, bh, b, h
-    cdef Py_ssize_t in_stride = inp.strides[1] // sizeof(floating)
-    cdef Py_ssize_t din_stride = dinp.strides[1] // sizeof(floating)
-    cdef Py_ssize_t dout_stride = dout.strides[1] // sizeof(floating)
-    cdef floating scale = 1 / sqrt(<double>hs)
-    cdef bint masked = mask is not None
-    cdef floating* vt = NULL
-    cdef int failed = 0  # a sum over threads (a reduction): any thread without scratch makes it > 0
-    with nogil, parallel(use_threads_if=B * NH * T * T * hs > PARALLEL_MIN_WORK):
-        vt = <floating*>malloc(hs * T * sizeof(floating))
-        for bh in prange(B * NH, schedule='static'):
-            if vt == NULL:
-                failed += 1
-                continue
-            b = bh // NH
-            h = bh % NH
-            _attention_head_backward(&dinp[b, 0, h * hs], &dinp[b, 0, C + h * hs],
-                                     &dinp[b, 0, 2 * C + h * hs], din_stride, &datt[b, h, 0, 0],
-                                     &dout[b, 0, h * hs], dout_stride,
-                                     &inp[b, 0, h * hs], &inp[b, 0, C + h * hs],
-                                     &inp[b, 0, 2 * C + h * hs], in_stride, &att[b, h, 0, 0],
-                                     &mask[b, h, 0, 0] if masked else NULL, vt, T, hs, scale)
-        free(vt)
-    if failed:
-        raise MemoryError("attention_backward: no memory for a head's scratch")
+    cdef Py_ssize_t rows = att.shape[0] * att.shape[1] * att.shape[2], T = att.shape[3], r
+    cdef floating* d = &datt[0, 0, 0, 0]
+    cdef const floating* p = &att[0, 0, 0, 0]
+    for r in prange(rows, nogil=True, schedule='static', use_threads_if=rows * T > PARALLEL_MIN_WORK):
+        _softmax_backward_row(d + r * T, p + r * T, T, <floating>scale)
 
 
 # ----------------------------------------------------------------------------------------------

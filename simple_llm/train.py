@@ -1,0 +1,349 @@
+"""``python -m simple_llm train``: train a GPT-2 on your own text file, checkpoint it, resume it.
+
+The text is tokenized (characters, words or byte-level BPE learned on it), the token stream is split
+90/10 into training and validation, and each step trains on ``--batch-size`` random windows of
+``--block-size`` tokens: AdamW with warmup, cosine decay and gradient clipping (nanoGPT's loop).
+
+``--out DIR`` receives, each write atomic: config.json + model.safetensors (Hugging Face's GPT-2
+format), tokenizer.json, ``train_state`` (weights, AdamW moments, step and random states: everything
+``--resume`` needs, in one file written before the others), log.csv and loss.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .checkpoint import CONFIG_FILE, read_config
+from .cli import CLIError, Parser, nonnegative_float, nonnegative_int, positive_int
+from .fileio import atomic_path, atomic_write_text, read_text_file
+from .model import GPT, GPTConfig
+from .optim import AdamW, clip_grad_norm, lr_at
+from .tokenizers import TOKENIZER_FILE, CharTokenizer, Tokenizer, WordTokenizer, load_tokenizer
+
+STATE_FILE = "train_state"
+LOG_FILE = "log.csv"
+PLOT_FILE = "loss.png"
+LOG_COLUMNS = ["step", "lr", "train_loss", "val_loss", "tokens_per_s"]
+SHAPE_FLAGS = {"n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd", "block_size": "n_ctx"}
+
+
+def parser(name: str) -> Parser:
+    p = Parser(prog=f"simple_llm {name}", description=__doc__.split("\n\n")[1].replace("\n", " "))
+    p.add_argument("--data", required=True, metavar="FILE", help="a UTF-8 text file to learn")
+    p.add_argument("--out", required=True, metavar="DIR", help="where the model and its state go")
+    g = p.add_argument_group("tokenizer")
+    g.add_argument("--tokenizer", choices=["char", "word", "bpe"], default="char",
+                   help="char (default), word (whitespace-separated) or bpe (byte-level, learned here)")
+    g.add_argument("--vocab-size", type=positive_int, default=1024, help="bpe only: tokens to learn (>= 257)")
+    g = p.add_argument_group("model")
+    g.add_argument("--n-layer", type=positive_int, default=4)
+    g.add_argument("--n-head", type=positive_int, default=4)
+    g.add_argument("--n-embd", type=positive_int, default=128)
+    g.add_argument("--block-size", type=positive_int, default=64, help="tokens of context")
+    g.add_argument("--dropout", type=nonnegative_float, default=0.0)
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--batch-size", type=positive_int, default=12)
+    g.add_argument("--max-steps", type=positive_int, default=2000)
+    g.add_argument("--lr", type=nonnegative_float, default=1e-3)
+    g.add_argument("--min-lr", type=nonnegative_float, default=1e-4)
+    g.add_argument("--warmup-steps", type=nonnegative_int, default=100)
+    g.add_argument("--lr-decay-steps", type=positive_int, default=None,
+                   help="length of the cosine schedule (default: --max-steps)")
+    g.add_argument("--beta1", type=nonnegative_float, default=0.9)
+    g.add_argument("--beta2", type=nonnegative_float, default=0.95)
+    g.add_argument("--weight-decay", type=nonnegative_float, default=0.1)
+    g.add_argument("--grad-clip", type=nonnegative_float, default=1.0, help="0 turns clipping off")
+    g = p.add_argument_group("evaluation and checkpoints")
+    g.add_argument("--eval-interval", type=positive_int, default=250)
+    g.add_argument("--eval-steps", type=positive_int, default=20, help="batches per loss estimate")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    p.set_defaults(run=run)
+    return p
+
+
+def check_flags(args: argparse.Namespace) -> None:
+    if args.n_embd % args.n_head:
+        raise CLIError(f"--n-embd {args.n_embd} is not divisible by --n-head {args.n_head}")
+    if args.tokenizer == "bpe" and args.vocab_size < 257:
+        raise CLIError(f"--vocab-size {args.vocab_size} is too small for byte-level BPE: it needs the "
+                       "256 bytes and <|endoftext|>, at least 257")
+    if not args.dropout < 1:
+        raise CLIError(f"--dropout {args.dropout} must be below 1")
+    for flag in ("beta1", "beta2"):
+        if not getattr(args, flag) < 1:
+            raise CLIError(f"--{flag} {getattr(args, flag)} must be below 1")
+    if args.min_lr > args.lr:
+        raise CLIError(f"--min-lr {args.min_lr} is above --lr {args.lr}")
+
+
+def build_tokenizer(kind: str, text: str, vocab_size: int) -> Tokenizer:
+    if kind == "char":
+        return CharTokenizer.train(text)
+    if kind == "word":
+        return WordTokenizer.train(text)
+    from .bpe import BPETokenizer
+
+    return BPETokenizer.train(text, vocab_size)
+
+
+def split(tokens: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """90% of the stream for training, the last 10% for validation; each must hold a window."""
+    n = int(len(tokens) * 0.9)
+    train, val = tokens[:n], tokens[n:]
+    if len(val) <= block:
+        need = math.ceil((block + 1) / 0.1)
+        raise CLIError(f"the text is {len(tokens)} tokens long; with --block-size {block} the 10% "
+                       f"validation split needs at least {need} tokens (lower --block-size or add text)")
+    return train, val
+
+
+class Batches:
+    """Random windows of a token stream: x (B, T) and the next tokens y (B, T), in reused buffers."""
+
+    def __init__(self, data: np.ndarray, batch: int, block: int):
+        self.data, self.block = data, block
+        self.offsets = np.arange(block)
+        self.x = np.empty((batch, block), dtype=np.int64)
+        self.y = np.empty((batch, block), dtype=np.int64)
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        starts = rng.integers(0, len(self.data) - self.block, size=len(self.x))
+        window = starts[:, None] + self.offsets  # (B, T)
+        np.take(self.data, window, out=self.x)
+        np.take(self.data, window + 1, out=self.y)
+        return self.x, self.y
+
+
+def estimate_loss(model: GPT, batches: Batches, steps: int, seed: int, step: int) -> float:
+    """Mean loss over `steps` batches drawn from their own generator (training's stays untouched)."""
+    rng = np.random.default_rng([seed, step])
+    return float(np.mean([model.loss(*batches.sample(rng)) for _ in range(steps)]))
+
+
+@dataclass
+class Run:
+    """What a checkpoint holds beyond the weights."""
+
+    step: int = 0  # steps completed
+    best_val: float = float("inf")
+    log: list[dict] = field(default_factory=list)
+
+
+def save_state(directory: Path, model: GPT, opt: AdamW, rng: np.random.Generator, run: Run) -> None:
+    """train_state: everything needed to continue exactly, in one safetensors file."""
+    from safetensors.numpy import save_file
+
+    tensors = {"params": model.params.flat}
+    for i, (m, v) in enumerate(zip(opt.m, opt.v)):
+        tensors[f"adam_m.{i}"], tensors[f"adam_v.{i}"] = m, v
+    meta = {"format": "simple_llm train_state 1", "step": str(run.step), "adam_t": str(opt.t),
+            "best_val": repr(run.best_val), "rng": json.dumps(rng.bit_generator.state),
+            "dropout_rng": json.dumps(model.rng.bit_generator.state)}
+    with atomic_path(directory / STATE_FILE) as tmp:
+        save_file(tensors, str(tmp), metadata=meta)
+
+
+def load_state(directory: Path, model: GPT, opt: AdamW, rng: np.random.Generator) -> Run:
+    from safetensors import SafetensorError, safe_open
+
+    path = directory / STATE_FILE
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != "simple_llm train_state 1":
+                raise CLIError(f"{path} is not a simple_llm training state")
+            params = f.get_tensor("params")
+            if params.shape != model.params.flat.shape:
+                raise CLIError(f"--resume: {path} does not match the model in {directory / CONFIG_FILE}")
+            model.params.flat[...] = params
+            for i in range(len(opt.m)):
+                opt.m[i][...] = f.get_tensor(f"adam_m.{i}")
+                opt.v[i][...] = f.get_tensor(f"adam_v.{i}")
+            opt.t = int(meta["adam_t"])
+            rng.bit_generator.state = json.loads(meta["rng"])
+            model.rng.bit_generator.state = json.loads(meta["dropout_rng"])
+            run = Run(step=int(meta["step"]), best_val=float(meta["best_val"]))
+    except (SafetensorError, KeyError, ValueError, TypeError) as exc:
+        if isinstance(exc, CLIError):
+            raise
+        raise CLIError(f"--resume: {path} is damaged ({exc})") from None
+    log_path = directory / LOG_FILE
+    if log_path.exists():
+        rows = list(csv.DictReader(io.StringIO(log_path.read_text(encoding="utf-8"))))
+        run.log = [{k: float(r[k]) for k in LOG_COLUMNS} for r in rows if float(r["step"]) <= run.step]
+    return run
+
+
+def write_log(directory: Path, log: list[dict]) -> None:
+    out = io.StringIO()
+    writer = csv.DictWriter(out, LOG_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    for row in log:
+        writer.writerow({k: int(v) if k == "step" else f"{v:.6g}" for k, v in row.items()})
+    atomic_write_text(directory / LOG_FILE, out.getvalue())
+
+
+def plot(directory: Path, log: list[dict]) -> bool:
+    """loss.png: training and validation loss against step. False when matplotlib is missing."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    steps = [r["step"] for r in log]
+    ax.plot(steps, [r["train_loss"] for r in log], marker="o", label="train")
+    ax.plot(steps, [r["val_loss"] for r in log], marker="o", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss (cross-entropy, nats)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    with atomic_path(directory / PLOT_FILE) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return True
+
+
+class StopFlag:
+    """The first Ctrl-C asks the loop to stop after the current step (and save); a second one
+    interrupts at once, leaving the last saved checkpoint as it was."""
+
+    def __init__(self) -> None:
+        self.stop = False
+
+    def __enter__(self) -> StopFlag:
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.stop = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def prepare(args: argparse.Namespace, out: Path, text: str) -> tuple[GPT, Tokenizer]:
+    """A fresh model and tokenizer, or the ones in --out for --resume."""
+    if args.resume:
+        if not (out / STATE_FILE).is_file():
+            raise CLIError(f"--resume: {out} holds no training state ({STATE_FILE}) to resume")
+        cfg = read_config(out)
+        for flag, key in SHAPE_FLAGS.items():
+            if getattr(args, flag) != getattr(cfg, key):
+                raise CLIError(f"--resume: {out} holds a model with --{flag.replace('_', '-')} "
+                               f"{getattr(cfg, key)}, not {getattr(args, flag)}")
+        tok = load_tokenizer(out)
+        if tok.kind != args.tokenizer:
+            raise CLIError(f"--resume: {out} was trained with --tokenizer {tok.kind}, not {args.tokenizer}")
+        cfg.dropout = args.dropout
+        return GPT(cfg, seed=args.seed), tok
+    if (out / STATE_FILE).exists():
+        raise CLIError(f"{out} already holds a training run; add --resume to continue it, "
+                       "or choose another --out")
+    tok = build_tokenizer(args.tokenizer, text, args.vocab_size)
+    cfg = GPTConfig(vocab_size=tok.vocab_size, n_ctx=args.block_size, n_embd=args.n_embd,
+                    n_head=args.n_head, n_layer=args.n_layer, dropout=args.dropout)
+    return GPT(cfg, seed=args.seed), tok
+
+
+def encode(tok: Tokenizer, text: str) -> np.ndarray:
+    try:
+        return np.asarray(tok.encode(text), dtype=np.int64)
+    except ValueError as exc:  # a character the saved tokenizer has never seen (--resume on new text)
+        raise CLIError(f"cannot tokenize --data with this tokenizer: {exc}") from None
+
+
+def run(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    check_flags(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise CLIError(f"--out {out} exists and is not a directory")
+    text = read_text_file(args.data, "data file")
+    model, tok = prepare(args, out, text)
+    train, val = split(encode(tok, text), args.block_size)
+    train_batches = Batches(train, args.batch_size, args.block_size)
+    val_batches = Batches(val, args.batch_size, args.block_size)
+    opt = AdamW(model.params, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8,
+                weight_decay=args.weight_decay)
+    rng = np.random.default_rng(args.seed)
+    run_state = load_state(out, model, opt, rng) if args.resume else Run()
+    out.mkdir(parents=True, exist_ok=True)
+    if not args.resume:
+        tok.save(out / TOKENIZER_FILE)
+    decay_steps = args.lr_decay_steps or args.max_steps
+    tokens_per_step = args.batch_size * args.block_size
+    print(f"{model.n_params:,} parameters; {args.tokenizer} tokenizer of {tok.vocab_size} tokens; "
+          f"{len(train):,} training and {len(val):,} validation tokens", flush=True)
+
+    def checkpoint(tokens_per_s: float) -> None:
+        train_loss = estimate_loss(model, train_batches, args.eval_steps, args.seed, run_state.step)
+        val_loss = estimate_loss(model, val_batches, args.eval_steps, args.seed + 1, run_state.step)
+        run_state.best_val = min(run_state.best_val, val_loss)
+        run_state.log.append({"step": run_state.step, "lr": opt.lr, "train_loss": train_loss,
+                              "val_loss": val_loss, "tokens_per_s": tokens_per_s})
+        tqdm.write(f"step {run_state.step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
+        save(tokens_per_s)
+
+    def save(tokens_per_s: float) -> None:
+        save_state(out, model, opt, rng, run_state)  # first: alone it is enough to resume
+        model.save_pretrained(out, eos_token_id=tok.eos_id)
+        write_log(out, run_state.log)
+        plot(out, run_state.log)
+
+    start_step, training_seconds = run_state.step, 0.0  # evaluation and saving not counted
+    started = time.perf_counter()
+    tokens_per_s = 0.0
+    bar = tqdm(total=args.max_steps, initial=start_step, disable=args.no_progress, unit="step",
+               dynamic_ncols=True, file=sys.stderr)
+    with StopFlag() as flag:
+        while run_state.step < args.max_steps and not flag.stop:
+            step_start = time.perf_counter()
+            opt.lr = lr_at(run_state.step, args.lr, args.min_lr, args.warmup_steps, decay_steps)
+            loss, grads = model.loss_and_grads(*train_batches.sample(rng))
+            if not math.isfinite(loss):
+                bar.close()
+                print(f"simple_llm train: error: loss is not finite at step {run_state.step + 1} "
+                      f"(learning rate {opt.lr:.3g}); the last checkpoint in {out} is kept", file=sys.stderr)
+                return 1
+            if args.grad_clip > 0:
+                clip_grad_norm(grads, args.grad_clip)
+            opt.step(grads)
+            run_state.step += 1
+            training_seconds += time.perf_counter() - step_start
+            tokens_per_s = (run_state.step - start_step) * tokens_per_step / training_seconds
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{opt.lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
+            if run_state.step % args.eval_interval == 0 or run_state.step == args.max_steps:
+                checkpoint(tokens_per_s)
+    bar.close()
+    if flag.stop:
+        save(tokens_per_s)
+        print(f"Interrupted at step {run_state.step}; saved in {out}. Continue with:\n"
+              f"  python -m simple_llm train --data {args.data} --out {out} --resume "
+              f"--max-steps {args.max_steps} (and the same flags as before)")
+        return 0
+    elapsed = time.perf_counter() - started
+    have_plot = (out / PLOT_FILE).exists()
+    print(f"done: {run_state.step} steps; best validation loss {run_state.best_val:.4f}; "
+          f"{elapsed:.1f} s in all, {tokens_per_s:,.0f} tokens/s while training. Saved in {out}"
+          + ("" if have_plot else " (pip install matplotlib for loss.png)"))
+    return 0
