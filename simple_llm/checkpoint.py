@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .fileio import atomic_path, atomic_write_text
+from .fileio import atomic_write_text, write_safetensors
 
 if TYPE_CHECKING:
     from .model import GPT, GPTConfig
@@ -150,12 +150,9 @@ def hf_config(cfg: GPTConfig, eos_token_id: int | None = None) -> dict[str, Any]
 
 def save(model: GPT, directory: str | os.PathLike, eos_token_id: int | None = None) -> Path:
     """Write config.json + model.safetensors (names as transformers writes them), each atomically."""
-    from safetensors.numpy import save_file
-
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     tensors = {f"transformer.{name}": np.ascontiguousarray(p) for name, p in model.params.items()}
-    with atomic_path(directory / WEIGHTS_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})  # transformers insists on "pt"
+    write_safetensors(directory / WEIGHTS_FILE, tensors, {"format": "pt"})  # transformers insists on "pt"
     atomic_write_text(directory / CONFIG_FILE, json.dumps(hf_config(model.config, eos_token_id), indent=2) + "\n")
     return directory

@@ -30,6 +30,18 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
+def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str, str]) -> None:
+    """safetensors.numpy.save_file, atomically; a failed write (a full disk) is an OSError."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import save_file
+
+    with atomic_path(path) as tmp:
+        try:
+            save_file(tensors, str(tmp), metadata=metadata)
+        except SafetensorError as exc:
+            raise OSError(f"cannot write {path}: {str(exc).removeprefix('Error while serializing: ')}") from None
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

@@ -214,15 +214,15 @@ class LayerActivations:
 class Activations:
     """Every buffer of one forward pass over (B, T) positions, allocated once and reused.
 
-    Training keeps one LayerActivations per block (the backward needs them all); inference shares a
-    single one between blocks and writes each block's output over its input.
+    With per_layer (training, tracing) each block keeps its own LayerActivations, as the backward
+    needs; otherwise (inference) the blocks share one and each writes its output over its input.
     """
 
-    def __init__(self, cfg: GPTConfig, B: int, T: int, dtype, training: bool, T_max: int | None = None):
+    def __init__(self, cfg: GPTConfig, B: int, T: int, dtype, per_layer: bool, dropout: bool = False,
+                 T_max: int | None = None):
         C, V = cfg.n_embd, cfg.vocab_size
-        dropout = training and cfg.dropout > 0
         make = lambda: LayerActivations(cfg, B, T, T_max or T, dtype, dropout)  # noqa: E731
-        if training:
+        if per_layer:
             self.layers = [make() for _ in range(cfg.n_layer)]
             self.resid = [np.empty((B, T, C), dtype) for _ in range(cfg.n_layer + 1)]
         else:
@@ -234,7 +234,7 @@ class Activations:
         self.lnf = np.empty((B, T, C), dtype)  # ln_f(resid[L])
         self.lnf_mean = np.empty(B * T, dtype)
         self.lnf_rstd = np.empty(B * T, dtype)
-        self.logits = np.empty((B, T, V), dtype) if training else None  # overwritten by dlogits
+        self.logits = np.empty((B, T, V), dtype) if per_layer else None  # training: becomes dlogits
         self.losses = np.empty(B * T, dtype)
         self.lse = np.empty(B * T, dtype)  # log-sum-exp of each row of logits
 
@@ -356,7 +356,7 @@ class GPT:
         """Logits (B, T, vocab_size) for token ids idx (B, T); a new array, no dropout."""
         idx = self._check_idx(idx)
         B, T = idx.shape
-        a = self._buffer(("eval", B, T), lambda: Activations(self.config, B, T, self.dtype, training=False))
+        a = self._buffer(("eval", B, T), lambda: Activations(self.config, B, T, self.dtype, per_layer=False))
         self._embed_and_blocks(a, idx, training=False)
         logits = np.empty((B, T, self.config.vocab_size), self.dtype)
         self._logits(logits, a)
@@ -392,7 +392,8 @@ class GPT:
         idx, targets = self._check_pair(idx, targets)
         cfg, p, g = self.config, self.params, self.grads
         B, T = idx.shape
-        a = self._buffer(("train", B, T), lambda: Activations(cfg, B, T, self.dtype, training=True))
+        a = self._buffer(("train", B, T), lambda: Activations(cfg, B, T, self.dtype, per_layer=True,
+                                                              dropout=cfg.dropout > 0))
         s = self._buffer(("scratch", B, T), lambda: Scratch(cfg, B, T, self.dtype))
         V, C = cfg.vocab_size, cfg.n_embd
         logits = a.logits.reshape(-1, V)  # (B*T, V)
@@ -420,6 +421,28 @@ class GPT:
         # forward was: resid[0] = wte[idx] + wpe: scatter-add (wte's gradient also has the output layer's)
         K.encoder_backward(g["wte.weight"], g["wpe.weight"], s.dres, idx)
         return loss, g
+
+    # looking inside ------------------------------------------------------------------------
+
+    def trace(self, idx) -> list[tuple[str, np.ndarray]]:
+        """Every intermediate tensor of an evaluation forward pass over idx (B, T), in order, each
+        with the name of the step that made it (copies; the shapes are those of
+        docs/PROCESSING_FLOW.md). The attention weights are '...attn.softmax', (B, NH, T, T)."""
+        idx = self._check_idx(idx)
+        B, T = idx.shape
+        a = Activations(self.config, B, T, self.dtype, per_layer=True)
+        self._embed_and_blocks(a, idx, training=False)
+        logits = np.empty((B, T, self.config.vocab_size), self.dtype)
+        self._logits(logits, a)
+        steps = [("wte[idx] + wpe", a.resid[0])]
+        for l, la in enumerate(a.layers):
+            h = f"h.{l}."
+            steps += [(h + "ln_1", la.ln1), (h + "attn.c_attn (q, k, v)", la.qkv),
+                      (h + "attn.softmax", la.att(T)), (h + "attn (heads side by side)", la.atty),
+                      (h + "x + attn.c_proj", la.resid2), (h + "ln_2", la.ln2), (h + "mlp.c_fc", la.fch),
+                      (h + "mlp.gelu", la.fch_gelu), (h + "x + mlp.c_proj", a.resid[l + 1])]
+        steps += [("ln_f", a.lnf), ("logits = ln_f @ wte^T", logits)]
+        return [(name, np.array(t)) for name, t in steps]
 
     # generation ------------------------------------------------------------------------------
 
@@ -483,7 +506,7 @@ class GPT:
         """Run the new tokens (B, Tq) at positions pos..pos+Tq-1 against the cache; logits (B, V)."""
         B, Tq = new.shape
         cfg = self.config
-        a = self._buffer(("gen", B, Tq), lambda: Activations(cfg, B, Tq, self.dtype, training=False,
+        a = self._buffer(("gen", B, Tq), lambda: Activations(cfg, B, Tq, self.dtype, per_layer=False,
                                                               T_max=cfg.n_ctx))
         self._embed_and_blocks(a, np.ascontiguousarray(new), training=False, cache=self._cache(B), pos=pos)
         logits = np.empty((B, 1, cfg.vocab_size), self.dtype)

@@ -26,7 +26,7 @@ import numpy as np
 
 from .checkpoint import CONFIG_FILE, read_config
 from .cli import CLIError, Parser, nonnegative_float, nonnegative_int, positive_int
-from .fileio import atomic_path, atomic_write_text, read_text_file
+from .fileio import atomic_path, atomic_write_text, read_text_file, write_safetensors
 from .model import GPT, GPTConfig
 from .optim import AdamW, clip_grad_norm, lr_at
 from .tokenizers import TOKENIZER_FILE, CharTokenizer, Tokenizer, WordTokenizer, load_tokenizer
@@ -144,16 +144,13 @@ class Run:
 
 def save_state(directory: Path, model: GPT, opt: AdamW, rng: np.random.Generator, run: Run) -> None:
     """train_state: everything needed to continue exactly, in one safetensors file."""
-    from safetensors.numpy import save_file
-
     tensors = {"params": model.params.flat}
     for i, (m, v) in enumerate(zip(opt.m, opt.v)):
         tensors[f"adam_m.{i}"], tensors[f"adam_v.{i}"] = m, v
     meta = {"format": "simple_llm train_state 1", "step": str(run.step), "adam_t": str(opt.t),
             "best_val": repr(run.best_val), "rng": json.dumps(rng.bit_generator.state),
             "dropout_rng": json.dumps(model.rng.bit_generator.state)}
-    with atomic_path(directory / STATE_FILE) as tmp:
-        save_file(tensors, str(tmp), metadata=meta)
+    write_safetensors(directory / STATE_FILE, tensors, meta)
 
 
 def load_state(directory: Path, model: GPT, opt: AdamW, rng: np.random.Generator) -> Run:
@@ -314,7 +311,8 @@ def run(args: argparse.Namespace) -> int:
     tokens_per_s = 0.0
     bar = tqdm(total=args.max_steps, initial=start_step, disable=args.no_progress, unit="step",
                dynamic_ncols=True, file=sys.stderr)
-    with StopFlag() as flag:
+    # NumPy's overflow warnings would bury the one line that a diverging run gets (below)
+    with StopFlag() as flag, np.errstate(all="ignore"):
         while run_state.step < args.max_steps and not flag.stop:
             step_start = time.perf_counter()
             opt.lr = lr_at(run_state.step, args.lr, args.min_lr, args.warmup_steps, decay_steps)

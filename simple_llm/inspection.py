@@ -1,0 +1,152 @@
+"""``python -m simple_llm inspect``: look inside a model while it reads a prompt.
+
+    inspect --model DIR --prompt "Hello world" --out attention.png [--layer L] [--head H]
+    inspect --model DIR --prompt "Hello world" --trace
+    inspect --model DIR --embeddings --out embeddings.png [--data FILE]
+
+Attention heatmaps (query token x key token) for every layer and head, or one of them; the path of
+the prompt through the forward pass with a few statistics per step; a 2-D PCA of the token
+embeddings. Drawing needs matplotlib (``pip install 'simple_llm[viz]'``); the trace does not.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections import Counter
+
+import numpy as np
+
+from .cli import CLIError, Parser, nonnegative_int, positive_int
+from .generate import load_model
+from .model import GPT
+from .session import probability_lines, token_label
+from .tokenizers import Tokenizer
+
+PANEL_INCHES, DPI = 3.0, 100  # each heatmap is 300 x 300 pixels, so a grid's size is predictable
+
+
+def parser(name: str) -> Parser:
+    p = Parser(prog=f"simple_llm {name}", description=__doc__.split("\n\n")[2].replace("\n", " "))
+    p.add_argument("--model", required=True, metavar="DIR", help="a model directory")
+    p.add_argument("--prompt", help="the text to read (heatmaps and --trace)")
+    p.add_argument("--out", metavar="FILE.png", help="where to draw (default attention.png or embeddings.png)")
+    p.add_argument("--layer", type=nonnegative_int, help="only this layer (from 0)")
+    p.add_argument("--head", type=nonnegative_int, help="only this head (from 0)")
+    p.add_argument("--trace", action="store_true", help="print every step of the forward pass instead")
+    p.add_argument("--top", type=positive_int, default=5, help="next tokens listed at the end of --trace")
+    p.add_argument("--embeddings", action="store_true", help="draw a 2-D PCA of the token embeddings")
+    p.add_argument("--data", metavar="FILE", help="with --embeddings: label the tokens most frequent in FILE")
+    p.add_argument("--labels", type=positive_int, default=40, help="with --embeddings: how many to label")
+    p.set_defaults(run=run)
+    return p
+
+
+def pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise CLIError("drawing needs matplotlib: pip install 'simple_llm[viz]' (or: pip install matplotlib)") from None
+    return plt
+
+
+def prompt_ids(model: GPT, tok: Tokenizer, prompt: str | None) -> np.ndarray:
+    if not prompt:
+        raise CLIError("--prompt is needed for attention heatmaps and --trace")
+    ids = tok.encode(prompt)
+    if not ids:
+        raise CLIError("the prompt has no tokens")
+    if len(ids) > model.config.n_ctx:
+        raise CLIError(f"the prompt is {len(ids)} tokens long; this model's context holds {model.config.n_ctx}")
+    return np.array([ids])
+
+
+def pick(value: int | None, count: int, flag: str) -> list[int]:
+    if value is None:
+        return list(range(count))
+    if value >= count:
+        raise CLIError(f"{flag} {value}: this model has {count} (0 to {count - 1})")
+    return [value]
+
+
+def print_trace(model: GPT, tok: Tokenizer, ids: np.ndarray, top: int) -> None:
+    """One line per step: name, shape, mean, std, min, max; then the most likely next tokens."""
+    steps = model.trace(ids)
+    width = max(len(name) for name, _ in steps)
+    print(f"{'step':<{width}}  {'shape':<18} {'mean':>9} {'std':>9} {'min':>9} {'max':>9}")
+    for name, t in steps:
+        print(f"{name:<{width}}  {str(t.shape):<18} {t.mean():9.4f} {t.std():9.4f} {t.min():9.4f} {t.max():9.4f}")
+    logits = steps[-1][1][0, -1].astype(np.float64)
+    probs = np.exp(logits - logits.max())
+    probs /= probs.sum()
+    print(f"most likely next tokens after {tok.decode(ids[0].tolist())!r}:")
+    print("\n".join(probability_lines(tok, probs, min(top, len(probs)), int(np.argmax(probs)))))
+
+
+def draw_attention(model: GPT, tok: Tokenizer, ids: np.ndarray, layers: list[int], heads: list[int], path: str) -> None:
+    """A grid of heatmaps, one row per layer and one column per head, each PANEL_INCHES square."""
+    plt = pyplot()
+    weights = {name: t for name, t in model.trace(ids) if name.endswith("attn.softmax")}
+    labels = [token_label(tok, int(i)) for i in ids[0]]
+    T = len(labels)
+    fig, axes = plt.subplots(len(layers), len(heads), squeeze=False, dpi=DPI,
+                             figsize=(PANEL_INCHES * len(heads), PANEL_INCHES * len(layers)))
+    font = max(4.0, min(9.0, 120.0 / T))
+    for r, layer in enumerate(layers):
+        att = weights[f"h.{layer}.attn.softmax"][0]  # (NH, T, T)
+        for c, head in enumerate(heads):
+            ax = axes[r][c]
+            ax.imshow(att[head], vmin=0.0, vmax=1.0, cmap="viridis")
+            ax.set_title(f"layer {layer}, head {head}", fontsize=9)
+            ax.set_xticks(range(T), labels, rotation=90, fontsize=font)
+            ax.set_yticks(range(T), labels, fontsize=font)
+            ax.set_xlabel("key", fontsize=8)
+            ax.set_ylabel("query", fontsize=8)
+    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.15, top=0.92, wspace=0.5, hspace=0.6)
+    fig.savefig(path, dpi=DPI)  # no tight bbox: the pixel size stays heads x layers panels
+    plt.close(fig)
+
+
+def embedding_pca(wte: np.ndarray) -> np.ndarray:
+    """(V, C) token embeddings -> (V, 2): the two directions along which they vary most."""
+    centred = wte.astype(np.float64) - wte.mean(axis=0)
+    u, s, _ = np.linalg.svd(centred, full_matrices=False)
+    return u[:, :2] * s[:2]
+
+
+def draw_embeddings(model: GPT, tok: Tokenizer, counts: Counter, n_labels: int, path: str) -> None:
+    plt = pyplot()
+    xy = embedding_pca(model.params["wte.weight"])
+    fig, ax = plt.subplots(figsize=(8, 8), dpi=DPI)
+    ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.4)
+    for token, _ in counts.most_common(n_labels):
+        if token < len(xy):
+            ax.annotate(token_label(tok, token), xy[token], fontsize=8)
+    ax.set_title("token embeddings (wte), first two principal components")
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+
+
+def run(args: argparse.Namespace) -> int:
+    from .fileio import read_text_file
+
+    model, tok = load_model(args.model)
+    if args.embeddings:
+        text = read_text_file(args.data, "data file") if args.data else (args.prompt or "")
+        counts = Counter(tok.encode(text)) if text else Counter({i: 1 for i in range(tok.vocab_size)})
+        out = args.out or "embeddings.png"
+        draw_embeddings(model, tok, counts, args.labels, out)
+        print(f"wrote {out}")
+        return 0
+    ids = prompt_ids(model, tok, args.prompt)
+    if args.trace:
+        print_trace(model, tok, ids, args.top)
+        return 0
+    layers = pick(args.layer, model.config.n_layer, "--layer")
+    heads = pick(args.head, model.config.n_head, "--head")
+    out = args.out or "attention.png"
+    draw_attention(model, tok, ids, layers, heads, out)
+    print(f"wrote {out}: {len(layers)} layer(s) x {len(heads)} head(s)")
+    return 0

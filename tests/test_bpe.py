@@ -1,0 +1,97 @@
+"""Byte-level BPE trained here: a hand-worked example, round trips on any text (hypothesis), save and
+load, special tokens, and the pre-tokenisation patterns."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from simple_llm import load_tokenizer
+from simple_llm.bpe import ENDOFTEXT, BPETokenizer, learn_merges, merge_piece
+from tests.conftest import SHARED
+
+SAMPLE = "hello hello world, hello there! 日本語のテキスト、日本語の文。 ta ta ta\n\n  spaces   and\ttabs\n"
+any_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80)
+
+
+def test_learn_merges_by_hand():
+    """Wikipedia's example, 'aaabdaaabac', with a=97, b=98, c=99, d=100.
+
+    (97, 97) is the most frequent pair (4 overlapping times) -> 256, merged left to right:
+    [256, 97, 98, 100, 256, 97, 98, 97, 99]. Now (256, 97) and (97, 98) occur twice each; the tie
+    goes to the smaller pair, (97, 98) -> 257: [256, 257, 100, 256, 257, 97, 99]. Then (256, 257)
+    occurs twice -> 258, and no pair occurs twice after that.
+    """
+    assert learn_merges([list(b"aaabdaaabac")], [1], 10) == [(97, 97), (97, 98), (256, 257)]
+
+
+def test_merge_piece_prefers_the_lowest_rank():
+    ranks = {bytes([b]): b for b in range(256)} | {b"ab": 256, b"bc": 257, b"abc": 258}
+    assert merge_piece(b"abc", ranks) == [258]  # ab first (rank 256), then ab+c
+    assert merge_piece(b"bcab", ranks) == [256 + 1, 256]  # bc and ab; 'bcab' is no token
+
+
+@pytest.mark.parametrize("pattern", ["gpt2", "gpt4", None])
+def test_training_round_trip_and_save(tmp_path, pattern):
+    tok = BPETokenizer.train(SAMPLE * 5, vocab_size=300, pattern=pattern)
+    assert 257 < tok.vocab_size <= 300 and tok.specials == {ENDOFTEXT: tok.vocab_size - 1}
+    ids = tok.encode(SAMPLE)
+    assert len(ids) < len(SAMPLE.encode()) / 2  # it compresses what it learned on
+    assert tok.decode(ids) == SAMPLE
+    path = tok.save(tmp_path)
+    state = json.loads(path.read_text(encoding="utf-8"))
+    assert state["kind"] == "bpe" and state["pattern"] == pattern and isinstance(state["merges"][0], str)
+    again = load_tokenizer(tmp_path)
+    assert again.encode(SAMPLE) == ids and again.vocab_size == tok.vocab_size
+
+
+def test_special_token_and_listing():
+    tok = BPETokenizer.train("abc abc abc", 260)
+    eot = tok.specials[ENDOFTEXT]
+    assert tok.encode("abc<|endoftext|>abc") == tok.encode("abc") + [eot] + tok.encode("abc")
+    assert eot not in tok.encode_ordinary("<|endoftext|>")
+    listing = tok.vocabulary_listing().splitlines()
+    assert len(listing) == tok.vocab_size and listing[97].startswith("97\ta\t'a'\tbyte")
+    assert listing[256].startswith("256\t") and "= " in listing[256] and listing[-1].endswith("special")
+
+
+def test_training_is_deterministic():
+    a = BPETokenizer.train(SAMPLE * 3, 290)
+    b = BPETokenizer.train(SAMPLE * 3, 290)
+    assert a.merges == b.merges
+
+
+def test_too_small_a_vocabulary():
+    with pytest.raises(ValueError, match="at least 256 \\+ 1"):
+        BPETokenizer.train("abc", 256)
+
+
+def test_bad_pattern():
+    with pytest.raises(ValueError, match="valid regex"):
+        BPETokenizer.train("abc", 300, pattern="(unclosed")
+
+
+@pytest.fixture(scope="module", params=["gpt2", "gpt4", None])
+def trained(request):
+    return BPETokenizer.train(SAMPLE * 3 + "The quick brown fox. 😀😀 éé", 320, pattern=request.param)
+
+
+@settings(max_examples=200, deadline=None)
+@given(any_text)
+def test_any_text_round_trips(trained, text):
+    assert trained.decode(trained.encode(text)) == text
+    assert trained.decode(trained.encode_ordinary(text)) == text
+
+
+def test_japanese_without_spaces():
+    path = SHARED / "corpus" / "ja_manpages.txt"
+    if not path.exists():
+        pytest.skip(f"{path} is not present")
+    text = path.read_text(encoding="utf-8")[:200_000]
+    tok = BPETokenizer.train(text, 512)
+    ids = tok.encode(text)
+    assert tok.decode(ids) == text
+    assert len(text.encode()) / len(ids) > 2.0  # bytes per token: it learned Japanese pieces

@@ -1,0 +1,100 @@
+"""inspect: attention heatmaps of the right size, weights that are causal distributions, a trace whose
+shapes follow the config, the embedding view, and the one-line answer without matplotlib."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+from simple_llm import GPT, CharTokenizer, GPTConfig
+from tests.conftest import assert_one_line_error, run_cli
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model")
+    tok = CharTokenizer.train("Hello world!")
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_ctx=16, n_embd=16, n_head=4, n_layer=3), seed=0)
+    model.params.flat[...] += np.random.default_rng(0).standard_normal(model.n_params).astype(np.float32) * 0.3
+    model.save_pretrained(path)
+    tok.save(path)
+    return path
+
+
+@pytest.mark.parametrize("extra, size", [([], (3 * 300, 4 * 300)), (["--layer", "2", "--head", "1"], (300, 300)),
+                                         (["--layer", "0"], (300, 4 * 300))])
+def test_heatmap_png_size_follows_layers_and_heads(model_dir, tmp_path, extra, size):
+    plt = pytest.importorskip("matplotlib.pyplot")
+    out = tmp_path / "attention.png"
+    proc = run_cli("inspect", "--model", model_dir, "--prompt", "Hello world", "--out", out, *extra)
+    assert proc.returncode == 0, proc.stderr
+    height, width = plt.imread(out).shape[:2]
+    assert (height, width) == size
+
+
+def test_attention_weights_are_causal_distributions(model_dir):
+    model = GPT.from_pretrained(model_dir)
+    trace = dict(model.trace(np.array([[1, 2, 3, 4, 5, 6]])))
+    for layer in range(3):
+        att = trace[f"h.{layer}.attn.softmax"][0]  # (NH, T, T), the weights the heatmaps draw
+        np.testing.assert_allclose(att.sum(-1), 1.0, rtol=1e-5)
+        lower = np.tril(np.ones(att.shape[-2:], dtype=bool))
+        assert np.all(att[..., ~lower] == 0.0)  # nothing from later positions
+        assert np.all(att[..., lower] > 0.0)
+
+
+def test_trace_shapes_match_the_config(model_dir):
+    proc = run_cli("inspect", "--model", model_dir, "--prompt", "Hello", "--trace", "--top", "3")
+    assert proc.returncode == 0, proc.stderr
+    shapes = dict(re.findall(r"^(\S.*?)\s{2,}(\(\d+(?:, \d+)*\))", proc.stdout, re.M))
+    T, C, NH, V = 5, 16, 4, GPT.from_pretrained(model_dir).config.vocab_size
+    assert shapes["wte[idx] + wpe"] == f"(1, {T}, {C})"
+    for layer in range(3):
+        assert shapes[f"h.{layer}.attn.c_attn (q, k, v)"] == f"(1, {T}, {3 * C})"
+        assert shapes[f"h.{layer}.attn.softmax"] == f"(1, {NH}, {T}, {T})"
+        assert shapes[f"h.{layer}.mlp.gelu"] == f"(1, {T}, {4 * C})"
+    assert shapes["logits = ln_f @ wte^T"] == f"(1, {T}, {V})"
+    tail = proc.stdout.split("most likely next tokens after 'Hello':\n")[1].splitlines()
+    probs = [float(re.search(r"(\d\.\d\d)", line).group(1)) for line in tail]
+    assert len(probs) == 3 and probs == sorted(probs, reverse=True)
+
+
+def test_embeddings_view(model_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    data = tmp_path / "text.txt"
+    data.write_text("Hello Hello world", encoding="utf-8")
+    out = tmp_path / "emb.png"
+    proc = run_cli("inspect", "--model", model_dir, "--embeddings", "--data", data, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_pca_finds_the_direction_of_largest_spread():
+    from simple_llm.inspection import embedding_pca
+
+    rng = np.random.default_rng(0)
+    wte = rng.standard_normal((200, 8)) * 0.01
+    wte[:, 3] += np.linspace(-5, 5, 200)  # almost all the variance along channel 3
+    xy = embedding_pca(wte)
+    assert abs(np.corrcoef(xy[:, 0], wte[:, 3])[0, 1]) > 0.999
+
+
+def test_without_matplotlib_says_how_to_install_it(model_dir, tmp_path):
+    fake = tmp_path / "fake" / "matplotlib"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
+    proc = run_cli("inspect", "--model", model_dir, "--prompt", "Hello", env={"PYTHONPATH": str(fake.parent)})
+    assert_one_line_error(proc, "simple_llm inspect: error:", "pip install 'simple_llm[viz]'")
+    proc = run_cli("inspect", "--model", model_dir, "--prompt", "Hello", "--trace", env={"PYTHONPATH": str(fake.parent)})
+    assert proc.returncode == 0  # the trace needs no matplotlib
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["--prompt", "Hello", "--layer", "7"], "--layer 7: this model has 3 (0 to 2)"),
+    (["--prompt", "Hello", "--head", "4"], "--head 4: this model has 4 (0 to 3)"),
+    ([], "--prompt is needed"),
+    (["--prompt", "Hello" * 10], "holds 16"),
+])
+def test_bad_inspect_arguments(model_dir, args, fragment):
+    assert_one_line_error(run_cli("inspect", "--model", model_dir, *args), "simple_llm inspect: error:", fragment)
