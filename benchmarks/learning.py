@@ -19,10 +19,41 @@ import time
 from pathlib import Path
 
 CORPUS = Path(__file__).resolve().parent.parent.parent / "shared" / "corpus"
-RECIPE = ["--n-layer", "4", "--n-head", "4", "--n-embd", "128", "--block-size", "64", "--batch-size", "12",
-          "--max-steps", "2000", "--lr", "1e-3", "--min-lr", "1e-4", "--warmup-steps", "100",
-          "--beta1", "0.9", "--beta2", "0.99", "--weight-decay", "0.1", "--grad-clip", "1.0", "--dropout", "0",
-          "--eval-interval", "250", "--eval-steps", "20", "--no-progress"]
+RECIPE = [
+    "--n-layer",
+    "4",
+    "--n-head",
+    "4",
+    "--n-embd",
+    "128",
+    "--block-size",
+    "64",
+    "--batch-size",
+    "12",
+    "--max-steps",
+    "2000",
+    "--lr",
+    "1e-3",
+    "--min-lr",
+    "1e-4",
+    "--warmup-steps",
+    "100",
+    "--beta1",
+    "0.9",
+    "--beta2",
+    "0.99",
+    "--weight-decay",
+    "0.1",
+    "--grad-clip",
+    "1.0",
+    "--dropout",
+    "0",
+    "--eval-interval",
+    "250",
+    "--eval-steps",
+    "20",
+    "--no-progress",
+]
 RUNS = {
     "char": ("shakespeare.txt", ["--tokenizer", "char"]),
     "bpe": ("shakespeare.txt", ["--tokenizer", "bpe", "--vocab-size", "1024"]),
@@ -34,19 +65,33 @@ def main(names: list[str]) -> None:
     for name in names or list(RUNS):
         corpus, flags = RUNS[name]
         with tempfile.TemporaryDirectory() as out:
-            cmd = [sys.executable, "-m", "simple_llm", "train", "--data", str(CORPUS / corpus), "--out", out,
-                   *RECIPE, *flags]
+            cmd = [
+                sys.executable,
+                "-m",
+                "simple_llm",
+                "train",
+                "--data",
+                str(CORPUS / corpus),
+                "--out",
+                out,
+                *RECIPE,
+                *flags,
+            ]
             start = time.perf_counter()
             proc = subprocess.run(cmd, capture_output=True, text=True)
             wall = time.perf_counter() - start
             if proc.returncode:
                 sys.exit(proc.stderr)
-            log = list(csv.DictReader(open(Path(out) / "log.csv")))
+            with open(Path(out) / "log.csv") as f:
+                log = list(csv.DictReader(f))
             last = log[-1]
             first_line = proc.stdout.splitlines()[0]
-            print(f"{name:5} {corpus:16} val loss {float(last['val_loss']):.4f} (train {float(last['train_loss']):.4f}) "
-                  f"after {last['step']} steps; wall {wall:.0f} s; {float(last['tokens_per_s']):,.0f} tokens/s "
-                  f"while training; {first_line}", flush=True)
+            print(
+                f"{name:5} {corpus:16} val loss {float(last['val_loss']):.4f} (train {float(last['train_loss']):.4f}) "
+                f"after {last['step']} steps; wall {wall:.0f} s; {float(last['tokens_per_s']):,.0f} tokens/s "
+                f"while training; {first_line}",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -22,8 +22,9 @@ def tiktoken_gpt2(files: Path):
     from tiktoken_ext.openai_public import r50k_pat_str
 
     ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(files / "vocab.bpe"), str(files / "encoder.json"))
-    return tiktoken.Encoding("gpt2-local", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                             special_tokens={ENDOFTEXT: 50256})
+    return tiktoken.Encoding(
+        "gpt2-local", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: 50256}
+    )
 
 
 def mb_per_s(encode, text: str, runs: int = 3) -> float:
@@ -53,8 +54,10 @@ def main(paths: list[str]) -> None:
         warm = mb_per_s(tok.encode_ordinary, text)
         ref = mb_per_s(reference.encode_ordinary, text)
         same = tok.encode_ordinary(text) == reference.encode_ordinary(text)
-        print(f"{Path(path).name:<22} {len(text.encode()) / 1e6:6.2f} {statistics.median(cold):8.2f}/s "
-              f"{warm:8.2f}/s {ref:7.2f}/s  {same}")
+        print(
+            f"{Path(path).name:<22} {len(text.encode()) / 1e6:6.2f} {statistics.median(cold):8.2f}/s "
+            f"{warm:8.2f}/s {ref:7.2f}/s  {same}"
+        )
 
 
 if __name__ == "__main__":

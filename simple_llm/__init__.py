@@ -17,22 +17,22 @@ import os
 # the user set wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
-from .kernels import BACKEND  # noqa: E402  (after the environment default above)
-from .model import GPT, GPTConfig  # noqa: E402
-from .optim import SGD, AdamW, clip_grad_norm, lr_at  # noqa: E402
-from .tokenizers import CharTokenizer, Tokenizer, TokenizerError, WordTokenizer, load_tokenizer  # noqa: E402
+from .kernels import BACKEND
+from .model import GPT, GPTConfig
+from .optim import SGD, AdamW, clip_grad_norm, lr_at
+from .tokenizers import CharTokenizer, Tokenizer, TokenizerError, WordTokenizer, load_tokenizer
 
 __all__ = [
     "BACKEND",
     "GPT",
-    "GPTConfig",
-    "AdamW",
     "SGD",
-    "clip_grad_norm",
-    "lr_at",
+    "AdamW",
+    "CharTokenizer",
+    "GPTConfig",
     "Tokenizer",
     "TokenizerError",
-    "CharTokenizer",
     "WordTokenizer",
+    "clip_grad_norm",
     "load_tokenizer",
+    "lr_at",
 ]

@@ -107,12 +107,12 @@ def ours_train(b: Bench, steps: int) -> float:
 def generation_config(b: Bench) -> GPTConfig:
     """The bench's model with room for the 1-token prompt and GEN_TOKENS new tokens."""
     c = b.cfg
-    return GPTConfig(vocab_size=c.vocab_size, n_ctx=max(c.n_ctx, GEN_TOKENS + 1), n_embd=c.n_embd,
-                     n_head=c.n_head, n_layer=c.n_layer)
+    return GPTConfig(
+        vocab_size=c.vocab_size, n_ctx=max(c.n_ctx, GEN_TOKENS + 1), n_embd=c.n_embd, n_head=c.n_head, n_layer=c.n_layer
+    )
 
 
-def ours_generate(model: GPT, new_tokens: int, prompt_len: int = 1, use_cache: bool = True,
-                  repeats: int = 3) -> float:
+def ours_generate(model: GPT, new_tokens: int, prompt_len: int = 1, use_cache: bool = True, repeats: int = 3) -> float:
     """Tokens/s of greedy generation after a prompt of prompt_len tokens, batch 1."""
     prompt = np.zeros((1, prompt_len), dtype=np.int64)
     seconds = median_time(lambda: model.generate(prompt, new_tokens, use_cache=use_cache), repeats)
@@ -170,8 +170,10 @@ def torch_trainer(b: Bench, threads: int) -> Callable[[], object]:
     torch.manual_seed(0)
     model = torch_model(b.cfg)
     params = list(model.parameters())
-    groups = [{"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
-              {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
     opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), fused=True)
     x, y = (torch.from_numpy(a) for a in random_batch(b))
 
@@ -211,8 +213,15 @@ def transformers_generate(model: GPT, new_tokens: int, threads: int, repeats: in
 
     def run():
         with torch.no_grad():
-            ref.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False,
-                         use_cache=True, pad_token_id=0, attention_mask=torch.ones_like(prompt))
+            ref.generate(
+                prompt,
+                max_new_tokens=new_tokens,
+                min_new_tokens=new_tokens,
+                do_sample=False,
+                use_cache=True,
+                pad_token_id=0,
+                attention_mask=torch.ones_like(prompt),
+            )
 
     return new_tokens / median_time(run, repeats)
 
@@ -256,7 +265,13 @@ def kernel_cases(b: Bench, dtype=np.float32) -> dict[str, Callable[[], None]]:
 
     x, w, bias, dout = r(N, C), r(C), r(C), r(N, C)
     mean, rstd = np.empty(N, dtype), np.empty(N, dtype)
-    qkv, att, out, dqkv, datt = r(B, T, 3 * C), np.empty((B, NH, T, T), dtype), r(B, T, C), r(B, T, 3 * C), np.empty((B, NH, T, T), dtype)
+    qkv, att, out, dqkv, datt = (
+        r(B, T, 3 * C),
+        np.empty((B, NH, T, T), dtype),
+        r(B, T, C),
+        r(B, T, 3 * C),
+        np.empty((B, NH, T, T), dtype),
+    )
     scores = r(B, NH, T, T)
     h, logits, targets = r(N, 4 * C), r(N, V), rng.integers(0, V, N)
     losses, lse = np.empty(N, dtype), np.empty(N, dtype)
@@ -308,8 +323,9 @@ print(kib)
 
 def peak_rss_mb(name: str, steps: int) -> float:
     """Peak resident memory of a separate process that trains configuration `name` for `steps`."""
-    out = subprocess.run([sys.executable, "-c", PEAK_RSS_CODE, name, str(steps)], capture_output=True,
-                         text=True, check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_CODE, name, str(steps)], capture_output=True, text=True, check=True
+    ).stdout
     return int(out.split()[-1]) / 1024
 
 
@@ -320,8 +336,12 @@ def parser(name: str) -> Parser:
     p = Parser(prog=f"simple_llm {name}", description=__doc__.split("\n\n")[1].replace("\n", " "))
     p.add_argument("--config", action="append", choices=list(CONFIGS), help="only this configuration (repeatable)")
     p.add_argument("--steps", type=positive_int, default=5, help="timed training steps per round")
-    p.add_argument("--rounds", type=positive_int, default=5,
-                   help="rounds of (ours, NumPy, PyTorch) in turn; figures are medians over rounds")
+    p.add_argument(
+        "--rounds",
+        type=positive_int,
+        default=5,
+        help="rounds of (ours, NumPy, PyTorch) in turn; figures are medians over rounds",
+    )
     p.add_argument("--quick", action="store_true", help="a few steps of everything: checks that it runs")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
     p.set_defaults(run=run)
@@ -343,8 +363,10 @@ def run(args: argparse.Namespace) -> int:
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ:
             print(f"note: {var}={os.environ[var]} is set; it slows current NumPy BLAS kernels")
-    print(f"simple_llm bench: {os.cpu_count()} CPUs; kernels: {kernels.BACKEND}, OpenMP threads {threads}; "
-          f"BLAS: {blas_threads()}; float32 GEMM (n=1024): {gemm_gflops():.1f} GFLOP/s")
+    print(
+        f"simple_llm bench: {os.cpu_count()} CPUs; kernels: {kernels.BACKEND}, OpenMP threads {threads}; "
+        f"BLAS: {blas_threads()}; float32 GEMM (n=1024): {gemm_gflops():.1f} GFLOP/s"
+    )
     if with_torch:
         import torch
 
@@ -352,8 +374,10 @@ def run(args: argparse.Namespace) -> int:
     for name in names:
         b = Bench.named(name)
         c = b.cfg
-        print(f"\n[{name}] vocab {c.vocab_size}, block {c.n_ctx}, n_embd {c.n_embd}, n_head {c.n_head}, "
-              f"n_layer {c.n_layer}, batch {b.batch}; {b.flops_per_token() / 1e6:.2f} MFLOP per training token")
+        print(
+            f"\n[{name}] vocab {c.vocab_size}, block {c.n_ctx}, n_embd {c.n_embd}, n_head {c.n_head}, "
+            f"n_layer {c.n_layer}, batch {b.batch}; {b.flops_per_token() / 1e6:.2f} MFLOP per training token"
+        )
         contenders = {}
         for label, module in backends:
             with backend(module):
@@ -365,6 +389,7 @@ def run(args: argparse.Namespace) -> int:
             def run():
                 with backend(module):
                     step()
+
             return run
 
         calls = {label: timed(step, dict(backends).get(label, kernels.impl)) for label, step in contenders.items()}
@@ -380,10 +405,15 @@ def run(args: argparse.Namespace) -> int:
         gen_tokens = 16 if args.quick else GEN_TOKENS
         with backend(backends[0][1]):
             ours = ours_generate(gen_model, gen_tokens)
-        line = f"  generate {backends[0][0]:<8} {ours:10.0f} tokens/s  (batch 1, 1-token prompt, {gen_tokens} new, cache)"
+        line = (
+            f"  generate {backends[0][0]:<8} {ours:10.0f} tokens/s  (batch 1, 1-token prompt, {gen_tokens} new, cache)"
+        )
         if with_hf:
             ref = transformers_generate(gen_model, gen_tokens, threads)
-            line += f"\n  generate {'hf':<8} {ref:10.0f} tokens/s  transformers generate(use_cache=True); ours {ours / ref:.1f}x"
+            line += (
+                f"\n  generate {'hf':<8} {ref:10.0f} tokens/s  transformers generate(use_cache=True); "
+                f"ours {ours / ref:.1f}x"
+            )
         print(line)
     if len(backends) == 2:
         b = Bench.named("small")
@@ -392,6 +422,8 @@ def run(args: argparse.Namespace) -> int:
         for name, t_c, t_n in kernel_table(b, 3 if args.quick else 10):
             print(f"  {name:<22} {t_c:10.1f} {t_n:10.1f} {t_n / t_c:7.1f}x")
     if not args.quick:
-        print(f"\npeak RSS of a 'small' training run ({steps} steps, separate process): "
-              f"{peak_rss_mb('small', steps):.0f} MB")
+        print(
+            f"\npeak RSS of a 'small' training run ({steps} steps, separate process): "
+            f"{peak_rss_mb('small', steps):.0f} MB"
+        )
     return 0

@@ -17,6 +17,7 @@ import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ ENDOFTEXT = "<|endoftext|>"
 # reads them as tiktoken's Rust engine does).
 PATTERNS = {
     "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
-    "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
+    "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",  # noqa: E501
 }
 NO_MERGE = sys.maxsize  # the rank of a pair that is not a token
 CACHE_LIMIT = 200_000  # pieces whose encoding is remembered (repeated words are most of any text)
@@ -98,7 +99,7 @@ def merge_piece(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
     parts = [piece[i : i + 1] for i in range(len(piece))]
     # pair_ranks[i] is the rank of parts[i] + parts[i + 1]; a merge changes only its two neighbours,
     # and min() / index() find the next merge at C speed.
-    pair_ranks = [ranks.get(a + b, NO_MERGE) for a, b in zip(parts, parts[1:])]
+    pair_ranks = [ranks.get(a + b, NO_MERGE) for a, b in pairwise(parts)]
     while pair_ranks:
         best = min(pair_ranks)
         if best == NO_MERGE:
@@ -132,7 +133,8 @@ class ByteLevelBPE(Tokenizer):
         self.special_ids = {i: s for s, i in self.specials.items()}
         self._special_regex = (
             regex.compile("|".join(regex.escape(s) for s in sorted(self.specials, key=len, reverse=True)))
-            if self.specials else None
+            if self.specials
+            else None
         )
         self.eos_id = self.specials.get(ENDOFTEXT)
         self._cache: dict[str, list[int]] = {}
@@ -200,8 +202,9 @@ class BPETokenizer(ByteLevelBPE):
 
     kind = "bpe"
 
-    def __init__(self, merges: list[tuple[int, int]], pattern: str | None = "gpt2",
-                 special_tokens: Iterable[str] = (ENDOFTEXT,)):
+    def __init__(
+        self, merges: list[tuple[int, int]], pattern: str | None = "gpt2", special_tokens: Iterable[str] = (ENDOFTEXT,)
+    ):
         vocab = [bytes([b]) for b in range(256)]
         for a, b in merges:
             if not (0 <= a < len(vocab) and 0 <= b < len(vocab)):
@@ -211,8 +214,9 @@ class BPETokenizer(ByteLevelBPE):
         super().__init__(vocab, pattern, {s: len(vocab) + i for i, s in enumerate(special_tokens)})
 
     @classmethod
-    def train(cls, text: str, vocab_size: int, pattern: str | None = "gpt2",
-              special_tokens: Iterable[str] = (ENDOFTEXT,)) -> BPETokenizer:
+    def train(
+        cls, text: str, vocab_size: int, pattern: str | None = "gpt2", special_tokens: Iterable[str] = (ENDOFTEXT,)
+    ) -> BPETokenizer:
         """Learn merges on text until the vocabulary (bytes + merges + specials) has vocab_size tokens.
 
         pattern: "gpt2", "gpt4", a regex of your own, or None (no regex: lines are the pieces).
@@ -220,11 +224,12 @@ class BPETokenizer(ByteLevelBPE):
         """
         special_tokens = list(special_tokens)
         if vocab_size < 256 + len(special_tokens):
-            raise ValueError(f"a byte-level BPE vocabulary needs at least 256 + {len(special_tokens)} "
-                             f"tokens (the bytes and the special tokens), not {vocab_size}")
+            raise ValueError(
+                f"a byte-level BPE vocabulary needs at least 256 + {len(special_tokens)} "
+                f"tokens (the bytes and the special tokens), not {vocab_size}"
+            )
         chunks = Counter(piece.encode("utf-8") for piece in split_pieces(text, compile_pattern(pattern)))
-        merges = learn_merges([list(c) for c in chunks], list(chunks.values()),
-                              vocab_size - 256 - len(special_tokens))
+        merges = learn_merges([list(c) for c in chunks], list(chunks.values()), vocab_size - 256 - len(special_tokens))
         return cls(merges, pattern, special_tokens)
 
     def _state(self) -> dict[str, Any]:
@@ -270,7 +275,7 @@ def learn_merges(words: list[list[int]], counts: list[int], n_merges: int) -> li
     pair_counts: Counter[tuple[int, int]] = Counter()
     where: dict[tuple[int, int], set[int]] = {}
     for wi, (word, count) in enumerate(zip(words, counts)):
-        for pair in zip(word, word[1:]):
+        for pair in pairwise(word):
             pair_counts[pair] += count
             where.setdefault(pair, set()).add(wi)
     heap = [(-c, pair) for pair, c in pair_counts.items()]
@@ -301,9 +306,9 @@ def learn_merges(words: list[list[int]], counts: list[int], n_merges: int) -> li
                     i += 1
             if len(merged) == len(word):
                 continue  # a stale index: the pair no longer occurs in this word
-            for p in zip(word, word[1:]):
+            for p in pairwise(word):
                 delta[p] -= count
-            for p in zip(merged, merged[1:]):
+            for p in pairwise(merged):
                 delta[p] += count
                 where.setdefault(p, set()).add(wi)
             words[wi] = merged
@@ -355,12 +360,12 @@ class GPT2Tokenizer(ByteLevelBPE):
 
     @classmethod
     def _build(cls, encoder: dict[str, int], merges: list[str]) -> GPT2Tokenizer:
-        specials = {tok: i for tok, i in encoder.items() if tok == ENDOFTEXT}
+        specials = {token: i for token, i in encoder.items() if token == ENDOFTEXT}
         vocab: list[bytes | None] = [None] * (max(encoder.values()) + 1)
         try:
-            for tok, i in encoder.items():
-                if tok not in specials:
-                    vocab[i] = from_printable(tok)
+            for token, i in encoder.items():
+                if token not in specials:
+                    vocab[i] = from_printable(token)
         except ValueError as exc:
             raise TokenizerError(f"the encoder has a token that is not byte-level: {exc}") from None
         if any(v is None for i, v in enumerate(vocab) if i not in specials.values()):

@@ -48,9 +48,14 @@ def read_config(directory: str | os.PathLike) -> GPTConfig:
     if missing:
         raise CheckpointError(f"{path} is not a GPT-2 config: it has no {missing[0]}")
     try:
-        return GPTConfig(vocab_size=raw["vocab_size"], n_ctx=raw["n_positions"], n_embd=raw["n_embd"],
-                         n_head=raw["n_head"], n_layer=raw["n_layer"],
-                         layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)))
+        return GPTConfig(
+            vocab_size=raw["vocab_size"],
+            n_ctx=raw["n_positions"],
+            n_embd=raw["n_embd"],
+            n_head=raw["n_head"],
+            n_layer=raw["n_layer"],
+            layer_norm_epsilon=float(raw.get("layer_norm_epsilon", 1e-5)),
+        )
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
 
@@ -71,7 +76,7 @@ def load(directory: str | os.PathLike, dtype=np.float32) -> GPT:
     expected = cfg.shapes()
     try:
         with safe_open(str(path), framework="numpy") as f:
-            header = {key: (f.get_slice(key).get_dtype(), tuple(f.get_slice(key).get_shape())) for key in f.keys()}
+            header = {key: (f.get_slice(key).get_dtype(), tuple(f.get_slice(key).get_shape())) for key in f.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
             names = _match_names(header, expected, path)
             model = GPT(cfg, dtype=dtype)  # only now, with every shape known to be right
             raw = dict(deserialize(path.read_bytes())) if any(d == "BF16" for d, _ in header.values()) else {}
@@ -80,8 +85,10 @@ def load(directory: str | os.PathLike, dtype=np.float32) -> GPT:
             if "lm_head.weight" in header:
                 head = _read(f, "lm_head.weight", header["lm_head.weight"][0], raw, dtype)
                 if not np.allclose(head, model.params["wte.weight"], rtol=1e-3, atol=1e-6):
-                    raise CheckpointError(f"{path}: lm_head.weight differs from wte.weight; "
-                                          "only a tied output layer (as GPT-2's) is supported")
+                    raise CheckpointError(
+                        f"{path}: lm_head.weight differs from wte.weight; "
+                        "only a tied output layer (as GPT-2's) is supported"
+                    )
     except SafetensorError as exc:
         raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from None
     except (OSError, MemoryError) as exc:
@@ -96,8 +103,9 @@ def _match_names(header: dict[str, tuple[str, tuple]], expected: dict[str, tuple
         name = key.removeprefix("transformer.")
         if name.endswith(SKIPPED_SUFFIXES) or key == "lm_head.weight":
             if key == "lm_head.weight" and shape != expected["wte.weight"]:
-                raise CheckpointError(f"{path}: lm_head.weight has shape {list(shape)}, "
-                                      f"expected {list(expected['wte.weight'])}")
+                raise CheckpointError(
+                    f"{path}: lm_head.weight has shape {list(shape)}, expected {list(expected['wte.weight'])}"
+                )
             continue
         if name not in expected:
             raise CheckpointError(f"{path} has a tensor {key} that GPT-2 does not have")
@@ -106,8 +114,9 @@ def _match_names(header: dict[str, tuple[str, tuple]], expected: dict[str, tuple
         if dtype not in FLOAT_FORMATS:
             raise CheckpointError(f"{path}: tensor {key} has dtype {dtype}; expected F16, BF16, F32 or F64")
         if shape != expected[name]:
-            raise CheckpointError(f"{path}: tensor {key} has shape {list(shape)}, "
-                                  f"expected {list(expected[name])} from {CONFIG_FILE}")
+            raise CheckpointError(
+                f"{path}: tensor {key} has shape {list(shape)}, expected {list(expected[name])} from {CONFIG_FILE}"
+            )
         names[name] = key
     for name in expected:
         if name not in names:

@@ -71,14 +71,30 @@ def unit_interval(text: str) -> float:
 
 
 def add_sampling_flags(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
-    p.add_argument("--max-new-tokens", type=positive_int, default=max_new_tokens, metavar="N",
-                   help=f"stop after N new tokens (default {max_new_tokens})")
-    p.add_argument("--temperature", type=nonnegative_float, default=0.0, metavar="T",
-                   help="0 = greedy (default); above 0 samples, higher is more random")
-    p.add_argument("--top-k", type=positive_int, default=None, metavar="K",
-                   help="sample only among the K most likely tokens")
-    p.add_argument("--top-p", type=unit_interval, default=None, metavar="P",
-                   help="sample only among the most likely tokens that together reach probability P")
+    p.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=max_new_tokens,
+        metavar="N",
+        help=f"stop after N new tokens (default {max_new_tokens})",
+    )
+    p.add_argument(
+        "--temperature",
+        type=nonnegative_float,
+        default=0.0,
+        metavar="T",
+        help="0 = greedy (default); above 0 samples, higher is more random",
+    )
+    p.add_argument(
+        "--top-k", type=positive_int, default=None, metavar="K", help="sample only among the K most likely tokens"
+    )
+    p.add_argument(
+        "--top-p",
+        type=unit_interval,
+        default=None,
+        metavar="P",
+        help="sample only among the most likely tokens that together reach probability P",
+    )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
 
 
@@ -91,13 +107,19 @@ def demo_parser() -> Parser:
         description="Train a small GPT-2 on a few sentences, then complete your prompts. "
         "Other commands: train, generate, chat, inspect, bench (python -m simple_llm CMD --help).",
     )
-    p.add_argument("lang", nargs="?", default="ja", choices=["en", "ja"],
-                   help="en: data/data_en.txt; ja (default): data/data.txt")
+    p.add_argument(
+        "lang", nargs="?", default="ja", choices=["en", "ja"], help="en: data/data_en.txt; ja (default): data/data.txt"
+    )
     p.add_argument("--epochs", type=positive_int, default=100, help="passes over the data (default 100)")
     p.add_argument("--data", metavar="FILE", help="train on this UTF-8 file instead, one sentence per line")
     add_sampling_flags(p, max_new_tokens=20)
-    p.add_argument("--show-probs", type=nonnegative_int, default=0, metavar="K",
-                   help="under each generated token, list the K most likely tokens with bars")
+    p.add_argument(
+        "--show-probs",
+        type=nonnegative_int,
+        default=0,
+        metavar="K",
+        help="under each generated token, list the K most likely tokens with bars",
+    )
     p.add_argument("--version", action="version", version=f"simple_llm {__version__} ({BACKEND} kernels)")
     p.set_defaults(run=run_demo)
     return p
@@ -110,8 +132,11 @@ def run_demo(args: argparse.Namespace) -> int:
 
     path = args.data or data_file(DATA_FILES[args.lang])
     sentences = load_sentences(path)
-    print(f"Training a small GPT-2 on {len(sentences)} sentences from {path} "
-          f"({BACKEND} kernels, {openmp_threads()} threads)", flush=True)
+    print(
+        f"Training a small GPT-2 on {len(sentences)} sentences from {path} "
+        f"({BACKEND} kernels, {openmp_threads()} threads)",
+        flush=True,
+    )
 
     def report(epoch: int, loss: float) -> None:
         print(EPOCH_LINES[args.lang].format(epoch=epoch, loss=loss), flush=True)

@@ -14,7 +14,7 @@ import numpy as np
 from .fileio import read_text_file
 from .model import GPT, GPTConfig
 from .optim import AdamW
-from .tokenizers import WordTokenizer
+from .tokenizers import EOS, WordTokenizer
 
 DATA_FILES = {"en": "data_en.txt", "ja": "data.txt"}
 EPOCH_LINES = {"en": "Epoch {epoch}: average loss = {loss:.4f}", "ja": "Epoch {epoch}: 平均損失 = {loss:.4f}"}
@@ -48,11 +48,17 @@ def batches(seqs: list[list[int]], batch_size: int, rng: np.random.Generator):
         yield x, y
 
 
-def train_demo(sentences: list[str], epochs: int = 100, seed: int = 0, batch_size: int = 8,
-               on_epoch: Callable[[int, float], None] | None = None) -> tuple[GPT, WordTokenizer]:
+def train_demo(
+    sentences: list[str],
+    epochs: int = 100,
+    seed: int = 0,
+    batch_size: int = 8,
+    on_epoch: Callable[[int, float], None] | None = None,
+) -> tuple[GPT, WordTokenizer]:
     """Train a 2-layer GPT-2 on the sentences; on_epoch(epoch, average loss) after each epoch."""
     tok = WordTokenizer.train("\n".join(sentences))
-    seqs = [tok.encode(s) + [tok.eos_id] for s in sentences]
+    eos = tok.ids[EOS]
+    seqs = [tok.encode(s) + [eos] for s in sentences]
     seqs = [s for s in seqs if len(s) >= 2]
     if not seqs:
         raise ValueError("the data file has no sentence to learn from")

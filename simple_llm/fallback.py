@@ -60,11 +60,9 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
     dnorm = dout * weight
     dbias += dout.sum(axis=0)
     dweight += (norm * dout).sum(axis=0)
-    dinp += (
-        dnorm
-        - dnorm.mean(axis=1, keepdims=True)
-        - norm * (dnorm * norm).mean(axis=1, keepdims=True)
-    ) * rstd[:, None]
+    dinp += (dnorm - dnorm.mean(axis=1, keepdims=True) - norm * (dnorm * norm).mean(axis=1, keepdims=True)) * rstd[
+        :, None
+    ]
 
 
 # softmax

@@ -21,27 +21,46 @@ def load_model(directory: str | Path) -> tuple[GPT, Tokenizer]:
     model = GPT.from_pretrained(directory)
     tok = load_tokenizer(directory)
     if tok.vocab_size > model.config.vocab_size:
-        raise ValueError(f"the tokenizer in {directory} has {tok.vocab_size} tokens but the model only "
-                         f"{model.config.vocab_size}")
+        raise ValueError(
+            f"the tokenizer in {directory} has {tok.vocab_size} tokens but the model only {model.config.vocab_size}"
+        )
     return model, tok
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    return Settings(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k,
-                    top_p=args.top_p, seed=args.seed, show_probs=args.show_probs)
+    return Settings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        show_probs=args.show_probs,
+    )
 
 
 def parser(name: str) -> Parser:
-    p = Parser(prog=f"simple_llm {name}",
-               description="Generate text from a model directory." if name == "generate"
-               else "Talk to a model directory: one prompt at a time, /help for commands.")
-    p.add_argument("--model", required=True, metavar="DIR",
-                   help="checkpoint directory: config.json, model.safetensors and a tokenizer")
+    p = Parser(
+        prog=f"simple_llm {name}",
+        description="Generate text from a model directory."
+        if name == "generate"
+        else "Talk to a model directory: one prompt at a time, /help for commands.",
+    )
+    p.add_argument(
+        "--model",
+        required=True,
+        metavar="DIR",
+        help="checkpoint directory: config.json, model.safetensors and a tokenizer",
+    )
     if name == "generate":
         p.add_argument("--prompt", required=True, help="the text to continue")
     add_sampling_flags(p, max_new_tokens=50 if name == "generate" else 100)
-    p.add_argument("--show-probs", type=nonnegative_int, default=0, metavar="K",
-                   help="under each generated token, list the K most likely tokens with bars")
+    p.add_argument(
+        "--show-probs",
+        type=nonnegative_int,
+        default=0,
+        metavar="K",
+        help="under each generated token, list the K most likely tokens with bars",
+    )
     p.set_defaults(run=run_generate if name == "generate" else run_chat)
     return p
 

@@ -77,7 +77,7 @@ def print_trace(model: GPT, tok: Tokenizer, ids: np.ndarray, top: int) -> None:
     width = max(len(name) for name, _ in steps)
     print(f"{'step':<{width}}  {'shape':<18} {'mean':>9} {'std':>9} {'min':>9} {'max':>9}")
     for name, t in steps:
-        print(f"{name:<{width}}  {str(t.shape):<18} {t.mean():9.4f} {t.std():9.4f} {t.min():9.4f} {t.max():9.4f}")
+        print(f"{name:<{width}}  {t.shape!s:<18} {t.mean():9.4f} {t.std():9.4f} {t.min():9.4f} {t.max():9.4f}")
     logits = steps[-1][1][0, -1].astype(np.float64)
     probs = np.exp(logits - logits.max())
     probs /= probs.sum()
@@ -91,8 +91,9 @@ def draw_attention(model: GPT, tok: Tokenizer, ids: np.ndarray, layers: list[int
     weights = {name: t for name, t in model.trace(ids) if name.endswith("attn.softmax")}
     labels = [token_label(tok, int(i)) for i in ids[0]]
     T = len(labels)
-    fig, axes = plt.subplots(len(layers), len(heads), squeeze=False, dpi=DPI,
-                             figsize=(PANEL_INCHES * len(heads), PANEL_INCHES * len(layers)))
+    fig, axes = plt.subplots(
+        len(layers), len(heads), squeeze=False, dpi=DPI, figsize=(PANEL_INCHES * len(heads), PANEL_INCHES * len(layers))
+    )
     font = max(4.0, min(9.0, 120.0 / T))
     for r, layer in enumerate(layers):
         att = weights[f"h.{layer}.attn.softmax"][0]  # (NH, T, T)
@@ -135,7 +136,7 @@ def run(args: argparse.Namespace) -> int:
     model, tok = load_model(args.model)
     if args.embeddings:
         text = read_text_file(args.data, "data file") if args.data else (args.prompt or "")
-        counts = Counter(tok.encode(text)) if text else Counter({i: 1 for i in range(tok.vocab_size)})
+        counts = Counter(tok.encode(text)) if text else Counter(dict.fromkeys(range(tok.vocab_size), 1))
         out = args.out or "embeddings.png"
         draw_embeddings(model, tok, counts, args.labels, out)
         print(f"wrote {out}")

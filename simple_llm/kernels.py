@@ -69,8 +69,9 @@ def _check(fn: str, dtype: Any, inner_only: tuple[str, ...] = (), **arrays: tupl
             raise ValueError(f"{fn}: {name} must be a numpy array, not {type(a).__name__}")
         if a.dtype != dtype:
             raise ValueError(f"{fn}: {name} has dtype {a.dtype}, expected {np.dtype(dtype)}")
-        if a.shape != shape and (len(a.shape) != len(shape) or
-                                 any(s is not None and s != n for s, n in zip(shape, a.shape))):
+        if a.shape != shape and (
+            len(a.shape) != len(shape) or any(s is not None and s != n for s, n in zip(shape, a.shape))
+        ):
             want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
             raise ValueError(f"{fn}: {name} has shape {a.shape}, expected {want}")
         if name in inner_only:
@@ -120,7 +121,7 @@ def encoder_forward(out, idx, wte, wpe):
     _check(fn, INDEX_DTYPE, idx=(idx, (None, None)))
     B, T = idx.shape
     _check(fn, dt, out=(out, (B, T, C)), wte=(wte, (V, C)), wpe=(wpe, (None, C)))
-    if T > wpe.shape[0]:
+    if wpe.shape[0] < T:
         raise ValueError(f"{fn}: idx has {T} positions but wpe only {wpe.shape[0]}")
     _index_range(fn, "idx", idx, 0, V)
     _writable(fn, out=out)
@@ -135,7 +136,7 @@ def encoder_backward(dwte, dwpe, dout, idx):
     _check(fn, INDEX_DTYPE, idx=(idx, (None, None)))
     B, T = idx.shape
     _check(fn, dt, dwte=(dwte, (V, C)), dwpe=(dwpe, (None, C)), dout=(dout, (B, T, C)))
-    if T > dwpe.shape[0]:
+    if dwpe.shape[0] < T:
         raise ValueError(f"{fn}: idx has {T} positions but dwpe only {dwpe.shape[0]}")
     _index_range(fn, "idx", idx, 0, V)
     _writable(fn, dwte=dwte, dwpe=dwpe)
@@ -150,8 +151,16 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias, eps):
     fn = "layernorm_forward"
     dt = _float_dtype(fn, "inp", inp)
     N, C = _shape(fn, "inp", inp, 2)
-    _check(fn, dt, out=(out, (N, C)), mean=(mean, (N,)), rstd=(rstd, (N,)), inp=(inp, (N, C)),
-           weight=(weight, (C,)), bias=(bias, (C,)))
+    _check(
+        fn,
+        dt,
+        out=(out, (N, C)),
+        mean=(mean, (N,)),
+        rstd=(rstd, (N,)),
+        inp=(inp, (N, C)),
+        weight=(weight, (C,)),
+        bias=(bias, (C,)),
+    )
     _writable(fn, out=out, mean=mean, rstd=rstd)
     impl.layernorm_forward(out, mean, rstd, inp, weight, bias, float(eps))
 
@@ -161,9 +170,18 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
     fn = "layernorm_backward"
     dt = _float_dtype(fn, "inp", inp)
     N, C = _shape(fn, "inp", inp, 2)
-    _check(fn, dt, dinp=(dinp, (N, C)), dweight=(dweight, (C,)), dbias=(dbias, (C,)),
-           dout=(dout, (N, C)), inp=(inp, (N, C)), weight=(weight, (C,)), mean=(mean, (N,)),
-           rstd=(rstd, (N,)))
+    _check(
+        fn,
+        dt,
+        dinp=(dinp, (N, C)),
+        dweight=(dweight, (C,)),
+        dbias=(dbias, (C,)),
+        dout=(dout, (N, C)),
+        inp=(inp, (N, C)),
+        weight=(weight, (C,)),
+        mean=(mean, (N,)),
+        rstd=(rstd, (N,)),
+    )
     _writable(fn, dinp=dinp, dweight=dweight, dbias=dbias)
     impl.layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd)
 
@@ -227,8 +245,15 @@ def attention_forward(out, att, inp, n_head, mask=None):
     Tq = _shape(fn, "out", _checked_array(fn, "out", out), 3)[1]
     if Tq > T:
         raise ValueError(f"{fn}: out has {Tq} positions but inp only {T}")
-    _check(fn, dt, inner_only=("inp",), out=(out, (B, Tq, C)), att=(att, (B, n_head, Tq, T)),
-           inp=(inp, (B, T, C3)), mask=(mask, (B, n_head, Tq, T)))
+    _check(
+        fn,
+        dt,
+        inner_only=("inp",),
+        out=(out, (B, Tq, C)),
+        att=(att, (B, n_head, Tq, T)),
+        inp=(inp, (B, T, C3)),
+        mask=(mask, (B, n_head, Tq, T)),
+    )
     _writable(fn, out=out, att=att)
     q = _split_heads(inp[:, T - Tq :, :C], n_head)  # (B, NH, Tq, hs)
     k = _split_heads(inp[:, :, C : 2 * C], n_head)  # (B, NH, T, hs)
@@ -248,8 +273,16 @@ def attention_backward(dinp, datt, dout, inp, att, n_head, mask=None):
     if C3 % 3:
         raise ValueError(f"{fn}: inp's last axis ({C3}) must hold q, k and v (a multiple of 3)")
     _heads(fn, C, n_head)
-    _check(fn, dt, dinp=(dinp, (B, T, C3)), datt=(datt, (B, n_head, T, T)), dout=(dout, (B, T, C)),
-           inp=(inp, (B, T, C3)), att=(att, (B, n_head, T, T)), mask=(mask, (B, n_head, T, T)))
+    _check(
+        fn,
+        dt,
+        dinp=(dinp, (B, T, C3)),
+        datt=(datt, (B, n_head, T, T)),
+        dout=(dout, (B, T, C)),
+        inp=(inp, (B, T, C3)),
+        att=(att, (B, n_head, T, T)),
+        mask=(mask, (B, n_head, T, T)),
+    )
     _writable(fn, dinp=dinp, datt=datt)
     q, k, v = (_split_heads(inp[:, :, i * C : (i + 1) * C], n_head) for i in range(3))
     dq, dk, dv = (_split_heads(dinp[:, :, i * C : (i + 1) * C], n_head) for i in range(3))
@@ -332,5 +365,6 @@ def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step)
     if int(step) < 1:
         raise ValueError(f"{fn}: step must count from 1, not {step}")
     _writable(fn, params=params, m=m, v=v)
-    impl.adamw_update(params, grads, m, v, float(lr), float(beta1), float(beta2), float(eps),
-                      float(weight_decay), int(step))
+    impl.adamw_update(
+        params, grads, m, v, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), int(step)
+    )

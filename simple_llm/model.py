@@ -37,8 +37,9 @@ class LayerNorm:
     def backward(self, dx, dout, x, mean, rstd):
         """Adds into dx (B, T, C): x is the residual stream. Accumulates dw, db."""
         C = x.shape[-1]
-        K.layernorm_backward(dx.reshape(-1, C), self.dw, self.db, dout.reshape(-1, C),
-                             x.reshape(-1, C), self.w, mean, rstd)
+        K.layernorm_backward(
+            dx.reshape(-1, C), self.dw, self.db, dout.reshape(-1, C), x.reshape(-1, C), self.w, mean, rstd
+        )
 
 
 class Linear:
@@ -95,8 +96,7 @@ class CausalSelfAttention:
     def backward(self, dx, dout, a: LayerActivations, x, s: Scratch):
         """Writes dx (B, T, C) from dout (B, T, C)."""
         self.c_proj.backward(s.datty, dout, a.atty)
-        K.attention_backward(s.dqkv, s.datt, s.datty, a.qkv, a.att(a.qkv.shape[1]), self.n_head,
-                             a.att_mask)
+        K.attention_backward(s.dqkv, s.datt, s.datty, a.qkv, a.att(a.qkv.shape[1]), self.n_head, a.att_mask)
         self.c_attn.backward(dx, s.dqkv, x)
 
 
@@ -218,8 +218,9 @@ class Activations:
     needs; otherwise (inference) the blocks share one and each writes its output over its input.
     """
 
-    def __init__(self, cfg: GPTConfig, B: int, T: int, dtype, per_layer: bool, dropout: bool = False,
-                 T_max: int | None = None):
+    def __init__(
+        self, cfg: GPTConfig, B: int, T: int, dtype, per_layer: bool, dropout: bool = False, T_max: int | None = None
+    ):
         C, V = cfg.n_embd, cfg.vocab_size
         make = lambda: LayerActivations(cfg, B, T, T_max or T, dtype, dropout)  # noqa: E731
         if per_layer:
@@ -279,7 +280,7 @@ class GPT:
         projections into the residual stream scaled by 1/sqrt(2 * n_layer) (two per block)."""
         proj_std = 0.02 / math.sqrt(2 * self.config.n_layer)
         for name, w in self.params.items():
-            if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name == "ln_f.weight":
+            if name.endswith(("ln_1.weight", "ln_2.weight")) or name == "ln_f.weight":
                 w[...] = 1.0
             elif w.ndim == 1:
                 w[...] = 0.0
@@ -392,8 +393,9 @@ class GPT:
         idx, targets = self._check_pair(idx, targets)
         cfg, p, g = self.config, self.params, self.grads
         B, T = idx.shape
-        a = self._buffer(("train", B, T), lambda: Activations(cfg, B, T, self.dtype, per_layer=True,
-                                                              dropout=cfg.dropout > 0))
+        a = self._buffer(
+            ("train", B, T), lambda: Activations(cfg, B, T, self.dtype, per_layer=True, dropout=cfg.dropout > 0)
+        )
         s = self._buffer(("scratch", B, T), lambda: Scratch(cfg, B, T, self.dtype))
         V, C = cfg.vocab_size, cfg.n_embd
         logits = a.logits.reshape(-1, V)  # (B*T, V)
@@ -437,18 +439,33 @@ class GPT:
         steps = [("wte[idx] + wpe", a.resid[0])]
         for l, la in enumerate(a.layers):
             h = f"h.{l}."
-            steps += [(h + "ln_1", la.ln1), (h + "attn.c_attn (q, k, v)", la.qkv),
-                      (h + "attn.softmax", la.att(T)), (h + "attn (heads side by side)", la.atty),
-                      (h + "x + attn.c_proj", la.resid2), (h + "ln_2", la.ln2), (h + "mlp.c_fc", la.fch),
-                      (h + "mlp.gelu", la.fch_gelu), (h + "x + mlp.c_proj", a.resid[l + 1])]
+            steps += [
+                (h + "ln_1", la.ln1),
+                (h + "attn.c_attn (q, k, v)", la.qkv),
+                (h + "attn.softmax", la.att(T)),
+                (h + "attn (heads side by side)", la.atty),
+                (h + "x + attn.c_proj", la.resid2),
+                (h + "ln_2", la.ln2),
+                (h + "mlp.c_fc", la.fch),
+                (h + "mlp.gelu", la.fch_gelu),
+                (h + "x + mlp.c_proj", a.resid[l + 1]),
+            ]
         steps += [("ln_f", a.lnf), ("logits = ln_f @ wte^T", logits)]
         return [(name, np.array(t)) for name, t in steps]
 
     # generation ------------------------------------------------------------------------------
 
-    def generate(self, idx, max_new_tokens: int = 20, temperature: float = 0.0, top_k: int | None = None,
-                 seed: int = 0, top_p: float | None = None, stop_token: int | None = None,
-                 use_cache: bool = True) -> np.ndarray:
+    def generate(
+        self,
+        idx,
+        max_new_tokens: int = 20,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int = 0,
+        top_p: float | None = None,
+        stop_token: int | None = None,
+        use_cache: bool = True,
+    ) -> np.ndarray:
         """The prompt idx (B, T) followed by up to max_new_tokens new tokens: (B, T + new).
 
         temperature 0 is greedy; otherwise tokens are sampled from softmax(logits / temperature),
@@ -463,20 +480,27 @@ class GPT:
             out.append(step.tokens[:, None])
         return np.concatenate(out, axis=1)
 
-    def stream(self, idx, max_new_tokens: int = 20, temperature: float = 0.0, top_k: int | None = None,
-               seed: int = 0, top_p: float | None = None, stop_token: int | None = None,
-               use_cache: bool = True) -> Iterator[GenerationStep]:
+    def stream(
+        self,
+        idx,
+        max_new_tokens: int = 20,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        seed: int = 0,
+        top_p: float | None = None,
+        stop_token: int | None = None,
+        use_cache: bool = True,
+    ) -> Iterator[GenerationStep]:
         """Yield one GenerationStep (tokens (B,), probs (B, V)) per new token; see generate."""
         idx = self._check_idx(idx, any_length=True)
         sampler = Sampler(temperature, top_k, top_p, seed, self.config.vocab_size)
         if max_new_tokens < 0:
             raise ValueError(f"max_new_tokens must be >= 0, not {max_new_tokens}")
-        context = idx[:, -self.config.n_ctx :]
-        logits = self._next_logits_from_scratch(context) if use_cache else None
+        n_ctx = self.config.n_ctx
+        context = idx[:, -n_ctx:]
+        logits = self._logits_after(context, use_cache, pos=0)
         done = np.zeros(idx.shape[0], dtype=bool)
         for _ in range(max_new_tokens):
-            if not use_cache:
-                logits = self._next_logits_uncached(context)
             probs, tokens = sampler(logits)
             if stop_token is not None:
                 tokens = np.where(done, stop_token, tokens)
@@ -485,37 +509,31 @@ class GPT:
             if stop_token is not None and done.all():
                 return
             context = np.concatenate([context, tokens[:, None]], axis=1)
-            if use_cache:
-                if context.shape[1] > self.config.n_ctx:
-                    # the context slides: keep the last n_ctx tokens and rebuild the cache from them
-                    context = context[:, -self.config.n_ctx :]
-                    logits = self._next_logits_from_scratch(context)
-                else:
-                    logits = self._next_logits_cached(context[:, -1:], context.shape[1] - 1)
+            if context.shape[1] > n_ctx:  # the context slides: keep the last n_ctx tokens, rebuild the cache
+                context = context[:, -n_ctx:]
+                logits = self._logits_after(context, use_cache, pos=0)
+            else:
+                logits = self._logits_after(context, use_cache, pos=context.shape[1] - 1)
 
     def _cache(self, B: int):
         cfg = self.config
-        return self._buffer(("cache", B), lambda: [np.empty((B, cfg.n_ctx, 3 * cfg.n_embd), self.dtype)
-                                                  for _ in range(cfg.n_layer)])
+        return self._buffer(
+            ("cache", B), lambda: [np.empty((B, cfg.n_ctx, 3 * cfg.n_embd), self.dtype) for _ in range(cfg.n_layer)]
+        )
 
-    def _next_logits_from_scratch(self, context):
-        """Fill the cache with the whole context (B, T); logits (B, V) for the token after it."""
-        return self._next_logits_cached(context, 0)
-
-    def _next_logits_cached(self, new, pos: int):
-        """Run the new tokens (B, Tq) at positions pos..pos+Tq-1 against the cache; logits (B, V)."""
+    def _logits_after(self, context, use_cache: bool, pos: int):
+        """Logits (B, V) for the token after context (B, T). With the cache, positions before pos are
+        in it already and only context[:, pos:] is computed; without, everything is (nanoGPT's way)."""
+        if not use_cache:
+            return self.forward(context)[:, -1]
+        new = np.ascontiguousarray(context[:, pos:])
         B, Tq = new.shape
         cfg = self.config
-        a = self._buffer(("gen", B, Tq), lambda: Activations(cfg, B, Tq, self.dtype, per_layer=False,
-                                                              T_max=cfg.n_ctx))
-        self._embed_and_blocks(a, np.ascontiguousarray(new), training=False, cache=self._cache(B), pos=pos)
+        a = self._buffer(("gen", B, Tq), lambda: Activations(cfg, B, Tq, self.dtype, per_layer=False, T_max=cfg.n_ctx))
+        self._embed_and_blocks(a, new, training=False, cache=self._cache(B), pos=pos)
         logits = np.empty((B, 1, cfg.vocab_size), self.dtype)
         self._logits(logits, a, last_only=True)
         return logits[:, 0]
-
-    def _next_logits_uncached(self, context):
-        """Logits (B, V) for the token after context, recomputing everything (nanoGPT's way)."""
-        return self.forward(context[:, -self.config.n_ctx :])[:, -1]
 
 
 def _n_scored(targets) -> int:

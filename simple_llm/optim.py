@@ -56,8 +56,14 @@ class AdamW(_Optimizer):
     clipping here (see clip_grad_norm).
     """
 
-    def __init__(self, params: Mapping[str, np.ndarray], lr: float = 1e-3, betas=(0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.01):
+    def __init__(
+        self,
+        params: Mapping[str, np.ndarray],
+        lr: float = 1e-3,
+        betas=(0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.01,
+    ):
         super().__init__(params, lr)
         self.beta1, self.beta2 = float(betas[0]), float(betas[1])
         self.eps, self.weight_decay = float(eps), float(weight_decay)
@@ -68,8 +74,9 @@ class AdamW(_Optimizer):
     def step(self, grads: Mapping[str, np.ndarray]) -> None:
         self.t += 1
         for (p, decay), g, m, v in zip(self._segments, self._grad_segments(grads), self.m, self.v):
-            K.adamw_update(p, g, m, v, self.lr, self.beta1, self.beta2, self.eps,
-                           self.weight_decay if decay else 0.0, self.t)
+            K.adamw_update(
+                p, g, m, v, self.lr, self.beta1, self.beta2, self.eps, self.weight_decay if decay else 0.0, self.t
+            )
 
 
 class SGD(_Optimizer):

@@ -24,8 +24,14 @@ class GenerationStep:
 class Sampler:
     """Turns logits (B, V) into (probs (B, V), tokens (B,)), seeded and reproducible."""
 
-    def __init__(self, temperature: float = 0.0, top_k: int | None = None, top_p: float | None = None,
-                 seed: int = 0, vocab_size: int | None = None):
+    def __init__(
+        self,
+        temperature: float = 0.0,
+        top_k: int | None = None,
+        top_p: float | None = None,
+        seed: int = 0,
+        vocab_size: int | None = None,
+    ):
         if not np.isfinite(temperature) or temperature < 0:
             raise ValueError(f"temperature must be >= 0, not {temperature}")
         if top_k is not None and (int(top_k) != top_k or top_k < 1):

@@ -53,8 +53,10 @@ def probability_lines(tok: Tokenizer, probs: np.ndarray, k: int, chosen: int) ->
     top = np.argsort(-probs, kind="stable")[:k]
     labels = [token_label(tok, int(i)) for i in top]
     width = max(len(label) for label in labels)
-    return [f"  {'>' if int(i) == chosen else ' '} {label:<{width}}  {probs[i]:.2f} {bar(float(probs[i]))}"
-            for i, label in zip(top, labels)]
+    return [
+        f"  {'>' if int(i) == chosen else ' '} {label:<{width}}  {probs[i]:.2f} {bar(float(probs[i]))}"
+        for i, label in zip(top, labels)
+    ]
 
 
 class TextStream:
@@ -115,8 +117,9 @@ class Session:
         if not continuation_only:
             self.out.write(self.tok.decode(ids))
         steps = []
-        for step in self.model.stream(np.array([ids]), s.max_new_tokens, s.temperature, s.top_k, s.seed,
-                                      s.top_p, stop_token=self.tok.eos_id):
+        for step in self.model.stream(
+            np.array([ids]), s.max_new_tokens, s.temperature, s.top_k, s.seed, s.top_p, stop_token=self.tok.eos_id
+        ):
             token = int(step.tokens[0])
             steps.append((token, step.probs[0]))
             if token == self.tok.eos_id:
@@ -160,8 +163,10 @@ class Session:
                 return f"unknown command {name}; /help lists them"
         except ValueError:
             return f"{name} needs a valid value (see /help), not {value!r}"
-        return (f"temperature {s.temperature:g}, top-k {s.top_k or 'off'}, top-p {s.top_p or 'off'}, "
-                f"probs {s.show_probs or 'off'}")
+        return (
+            f"temperature {s.temperature:g}, top-k {s.top_k or 'off'}, top-p {s.top_p or 'off'}, "
+            f"probs {s.show_probs or 'off'}"
+        )
 
     def interact(self) -> int:
         """Read prompts until 'quit', end of input or Ctrl-C. Exit status 0."""

@@ -43,8 +43,12 @@ def parser(name: str) -> Parser:
     p.add_argument("--data", required=True, metavar="FILE", help="a UTF-8 text file to learn")
     p.add_argument("--out", required=True, metavar="DIR", help="where the model and its state go")
     g = p.add_argument_group("tokenizer")
-    g.add_argument("--tokenizer", choices=["char", "word", "bpe"], default="char",
-                   help="char (default), word (whitespace-separated) or bpe (byte-level, learned here)")
+    g.add_argument(
+        "--tokenizer",
+        choices=["char", "word", "bpe"],
+        default="char",
+        help="char (default), word (whitespace-separated) or bpe (byte-level, learned here)",
+    )
     g.add_argument("--vocab-size", type=positive_int, default=1024, help="bpe only: tokens to learn (>= 257)")
     g = p.add_argument_group("model")
     g.add_argument("--n-layer", type=positive_int, default=4)
@@ -58,8 +62,9 @@ def parser(name: str) -> Parser:
     g.add_argument("--lr", type=nonnegative_float, default=1e-3)
     g.add_argument("--min-lr", type=nonnegative_float, default=1e-4)
     g.add_argument("--warmup-steps", type=nonnegative_int, default=100)
-    g.add_argument("--lr-decay-steps", type=positive_int, default=None,
-                   help="length of the cosine schedule (default: --max-steps)")
+    g.add_argument(
+        "--lr-decay-steps", type=positive_int, default=None, help="length of the cosine schedule (default: --max-steps)"
+    )
     g.add_argument("--beta1", type=nonnegative_float, default=0.9)
     g.add_argument("--beta2", type=nonnegative_float, default=0.95)
     g.add_argument("--weight-decay", type=nonnegative_float, default=0.1)
@@ -78,8 +83,10 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.n_embd % args.n_head:
         raise CLIError(f"--n-embd {args.n_embd} is not divisible by --n-head {args.n_head}")
     if args.tokenizer == "bpe" and args.vocab_size < 257:
-        raise CLIError(f"--vocab-size {args.vocab_size} is too small for byte-level BPE: it needs the "
-                       "256 bytes and <|endoftext|>, at least 257")
+        raise CLIError(
+            f"--vocab-size {args.vocab_size} is too small for byte-level BPE: it needs the "
+            "256 bytes and <|endoftext|>, at least 257"
+        )
     if not args.dropout < 1:
         raise CLIError(f"--dropout {args.dropout} must be below 1")
     for flag in ("beta1", "beta2"):
@@ -105,8 +112,10 @@ def split(tokens: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
     train, val = tokens[:n], tokens[n:]
     if len(val) <= block:
         need = math.ceil((block + 1) / 0.1)
-        raise CLIError(f"the text is {len(tokens)} tokens long; with --block-size {block} the 10% "
-                       f"validation split needs at least {need} tokens (lower --block-size or add text)")
+        raise CLIError(
+            f"the text is {len(tokens)} tokens long; with --block-size {block} the 10% "
+            f"validation split needs at least {need} tokens (lower --block-size or add text)"
+        )
     return train, val
 
 
@@ -147,9 +156,14 @@ def save_state(directory: Path, model: GPT, opt: AdamW, rng: np.random.Generator
     tensors = {"params": model.params.flat}
     for i, (m, v) in enumerate(zip(opt.m, opt.v)):
         tensors[f"adam_m.{i}"], tensors[f"adam_v.{i}"] = m, v
-    meta = {"format": "simple_llm train_state 1", "step": str(run.step), "adam_t": str(opt.t),
-            "best_val": repr(run.best_val), "rng": json.dumps(rng.bit_generator.state),
-            "dropout_rng": json.dumps(model.rng.bit_generator.state)}
+    meta = {
+        "format": "simple_llm train_state 1",
+        "step": str(run.step),
+        "adam_t": str(opt.t),
+        "best_val": repr(run.best_val),
+        "rng": json.dumps(rng.bit_generator.state),
+        "dropout_rng": json.dumps(model.rng.bit_generator.state),
+    }
     write_safetensors(directory / STATE_FILE, tensors, meta)
 
 
@@ -244,19 +258,26 @@ def prepare(args: argparse.Namespace, out: Path, text: str) -> tuple[GPT, Tokeni
         cfg = read_config(out)
         for flag, key in SHAPE_FLAGS.items():
             if getattr(args, flag) != getattr(cfg, key):
-                raise CLIError(f"--resume: {out} holds a model with --{flag.replace('_', '-')} "
-                               f"{getattr(cfg, key)}, not {getattr(args, flag)}")
+                raise CLIError(
+                    f"--resume: {out} holds a model with --{flag.replace('_', '-')} "
+                    f"{getattr(cfg, key)}, not {getattr(args, flag)}"
+                )
         tok = load_tokenizer(out)
         if tok.kind != args.tokenizer:
             raise CLIError(f"--resume: {out} was trained with --tokenizer {tok.kind}, not {args.tokenizer}")
         cfg.dropout = args.dropout
         return GPT(cfg, seed=args.seed), tok
     if (out / STATE_FILE).exists():
-        raise CLIError(f"{out} already holds a training run; add --resume to continue it, "
-                       "or choose another --out")
+        raise CLIError(f"{out} already holds a training run; add --resume to continue it, or choose another --out")
     tok = build_tokenizer(args.tokenizer, text, args.vocab_size)
-    cfg = GPTConfig(vocab_size=tok.vocab_size, n_ctx=args.block_size, n_embd=args.n_embd,
-                    n_head=args.n_head, n_layer=args.n_layer, dropout=args.dropout)
+    cfg = GPTConfig(
+        vocab_size=tok.vocab_size,
+        n_ctx=args.block_size,
+        n_embd=args.n_embd,
+        n_head=args.n_head,
+        n_layer=args.n_layer,
+        dropout=args.dropout,
+    )
     return GPT(cfg, seed=args.seed), tok
 
 
@@ -279,8 +300,7 @@ def run(args: argparse.Namespace) -> int:
     train, val = split(encode(tok, text), args.block_size)
     train_batches = Batches(train, args.batch_size, args.block_size)
     val_batches = Batches(val, args.batch_size, args.block_size)
-    opt = AdamW(model.params, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8,
-                weight_decay=args.weight_decay)
+    opt = AdamW(model.params, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8, weight_decay=args.weight_decay)
     rng = np.random.default_rng(args.seed)
     run_state = load_state(out, model, opt, rng) if args.resume else Run()
     out.mkdir(parents=True, exist_ok=True)
@@ -288,15 +308,25 @@ def run(args: argparse.Namespace) -> int:
         tok.save(out / TOKENIZER_FILE)
     decay_steps = args.lr_decay_steps or args.max_steps
     tokens_per_step = args.batch_size * args.block_size
-    print(f"{model.n_params:,} parameters; {args.tokenizer} tokenizer of {tok.vocab_size} tokens; "
-          f"{len(train):,} training and {len(val):,} validation tokens", flush=True)
+    print(
+        f"{model.n_params:,} parameters; {args.tokenizer} tokenizer of {tok.vocab_size} tokens; "
+        f"{len(train):,} training and {len(val):,} validation tokens",
+        flush=True,
+    )
 
     def checkpoint(tokens_per_s: float) -> None:
         train_loss = estimate_loss(model, train_batches, args.eval_steps, args.seed, run_state.step)
         val_loss = estimate_loss(model, val_batches, args.eval_steps, args.seed + 1, run_state.step)
         run_state.best_val = min(run_state.best_val, val_loss)
-        run_state.log.append({"step": run_state.step, "lr": opt.lr, "train_loss": train_loss,
-                              "val_loss": val_loss, "tokens_per_s": tokens_per_s})
+        run_state.log.append(
+            {
+                "step": run_state.step,
+                "lr": opt.lr,
+                "train_loss": train_loss,
+                "val_loss": val_loss,
+                "tokens_per_s": tokens_per_s,
+            }
+        )
         tqdm.write(f"step {run_state.step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
         save(tokens_per_s)
 
@@ -309,8 +339,14 @@ def run(args: argparse.Namespace) -> int:
     start_step, training_seconds = run_state.step, 0.0  # evaluation and saving not counted
     started = time.perf_counter()
     tokens_per_s = 0.0
-    bar = tqdm(total=args.max_steps, initial=start_step, disable=args.no_progress, unit="step",
-               dynamic_ncols=True, file=sys.stderr)
+    bar = tqdm(
+        total=args.max_steps,
+        initial=start_step,
+        disable=args.no_progress,
+        unit="step",
+        dynamic_ncols=True,
+        file=sys.stderr,
+    )
     # NumPy's overflow warnings would bury the one line that a diverging run gets (below)
     with StopFlag() as flag, np.errstate(all="ignore"):
         while run_state.step < args.max_steps and not flag.stop:
@@ -319,8 +355,11 @@ def run(args: argparse.Namespace) -> int:
             loss, grads = model.loss_and_grads(*train_batches.sample(rng))
             if not math.isfinite(loss):
                 bar.close()
-                print(f"simple_llm train: error: loss is not finite at step {run_state.step + 1} "
-                      f"(learning rate {opt.lr:.3g}); the last checkpoint in {out} is kept", file=sys.stderr)
+                print(
+                    f"simple_llm train: error: loss is not finite at step {run_state.step + 1} "
+                    f"(learning rate {opt.lr:.3g}); the last checkpoint in {out} is kept",
+                    file=sys.stderr,
+                )
                 return 1
             if args.grad_clip > 0:
                 clip_grad_norm(grads, args.grad_clip)
@@ -335,13 +374,17 @@ def run(args: argparse.Namespace) -> int:
     bar.close()
     if flag.stop:
         save(tokens_per_s)
-        print(f"Interrupted at step {run_state.step}; saved in {out}. Continue with:\n"
-              f"  python -m simple_llm train --data {args.data} --out {out} --resume "
-              f"--max-steps {args.max_steps} (and the same flags as before)")
+        print(
+            f"Interrupted at step {run_state.step}; saved in {out}. Continue with:\n"
+            f"  python -m simple_llm train --data {args.data} --out {out} --resume "
+            f"--max-steps {args.max_steps} (and the same flags as before)"
+        )
         return 0
     elapsed = time.perf_counter() - started
     have_plot = (out / PLOT_FILE).exists()
-    print(f"done: {run_state.step} steps; best validation loss {run_state.best_val:.4f}; "
-          f"{elapsed:.1f} s in all, {tokens_per_s:,.0f} tokens/s while training. Saved in {out}"
-          + ("" if have_plot else " (pip install matplotlib for loss.png)"))
+    print(
+        f"done: {run_state.step} steps; best validation loss {run_state.best_val:.4f}; "
+        f"{elapsed:.1f} s in all, {tokens_per_s:,.0f} tokens/s while training. Saved in {out}"
+        + ("" if have_plot else " (pip install matplotlib for loss.png)")
+    )
     return 0

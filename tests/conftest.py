@@ -51,9 +51,16 @@ def run_cli(*args, input_text=None, env=None, timeout=300, cwd=None):
     """Run ``python -m simple_llm ARGS`` as a user would; returns the CompletedProcess."""
     full_env = {**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})}
     full_env.pop("SIMPLE_LLM_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "simple_llm", *map(str, args)], input=input_text,
-                          capture_output=True, text=True, encoding="utf-8", env=full_env, timeout=timeout,
-                          cwd=cwd)
+    return subprocess.run(
+        [sys.executable, "-m", "simple_llm", *map(str, args)],
+        input=input_text,
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd,
+    )
 
 
 def assert_one_line_error(proc, *fragments, code=2):

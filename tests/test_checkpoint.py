@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -53,26 +54,32 @@ def test_names_without_prefix_buffers_and_lm_head_are_accepted(saved):
     np.testing.assert_array_equal(GPT.from_pretrained(path).params.flat, model.params.flat)
 
 
-@pytest.mark.parametrize("change, fragment", [
-    (lambda t: t.pop("transformer.h.1.mlp.c_fc.weight"), "has no tensor h.1.mlp.c_fc.weight"),
-    (lambda t: t.update({"transformer.h.0.ln_1.weight": np.ones(9, np.float32)}), "has shape [9], expected [8]"),
-    (lambda t: t.update({"transformer.ln_f.bias": np.zeros(8, np.int32)}), "dtype I32"),
-    (lambda t: t.update({"transformer.h.7.ln_1.weight": np.ones(8, np.float32)}), "GPT-2 does not have"),
-    (lambda t: t.update({"lm_head.weight": np.ones((30, 8), np.float32)}), "differs from wte.weight"),
-])
+@pytest.mark.parametrize(
+    "change, fragment",
+    [
+        (lambda t: t.pop("transformer.h.1.mlp.c_fc.weight"), "has no tensor h.1.mlp.c_fc.weight"),
+        (lambda t: t.update({"transformer.h.0.ln_1.weight": np.ones(9, np.float32)}), "has shape [9], expected [8]"),
+        (lambda t: t.update({"transformer.ln_f.bias": np.zeros(8, np.int32)}), "dtype I32"),
+        (lambda t: t.update({"transformer.h.7.ln_1.weight": np.ones(8, np.float32)}), "GPT-2 does not have"),
+        (lambda t: t.update({"lm_head.weight": np.ones((30, 8), np.float32)}), "differs from wte.weight"),
+    ],
+)
 def test_bad_tensors_are_named(saved, change, fragment):
     _, path = saved
     rewrite(path, change)
-    with pytest.raises(CheckpointError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(CheckpointError, match=re.escape(fragment)):
         GPT.from_pretrained(path)
 
 
-@pytest.mark.parametrize("mangle, fragment", [
-    (lambda b: b[: len(b) // 2], "not a valid safetensors file"),  # truncated
-    (lambda b: b"\xff" * 8 + b[8:], "not a valid safetensors file"),  # absurd header length
-    (lambda b: b[:9] + b"!" + b[10:], "not a valid safetensors file"),  # broken header JSON
-    (lambda b: b"", "not a valid safetensors file"),
-])
+@pytest.mark.parametrize(
+    "mangle, fragment",
+    [
+        (lambda b: b[: len(b) // 2], "not a valid safetensors file"),  # truncated
+        (lambda b: b"\xff" * 8 + b[8:], "not a valid safetensors file"),  # absurd header length
+        (lambda b: b[:9] + b"!" + b[10:], "not a valid safetensors file"),  # broken header JSON
+        (lambda b: b"", "not a valid safetensors file"),
+    ],
+)
 def test_damaged_files(saved, mangle, fragment):
     _, path = saved
     weights = path / "model.safetensors"
@@ -82,14 +89,17 @@ def test_damaged_files(saved, mangle, fragment):
     assert "\n" not in str(info.value)
 
 
-@pytest.mark.parametrize("config, fragment", [
-    ({"vocab_size": 30, "n_embd": 8, "n_head": 2, "n_layer": 2}, "has no n_positions"),
-    ({"vocab_size": 30, "n_ctx": 8, "n_embd": 8, "n_head": 3, "n_layer": 2}, "not divisible"),
-    ({"vocab_size": -30, "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 2}, "positive integer"),
-    ({"vocab_size": 10**12, "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 2}, "expected"),
-    ({"vocab_size": "30", "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 2}, "positive integer"),
-    ([1, 2], "not a GPT-2 config"),
-])
+@pytest.mark.parametrize(
+    "config, fragment",
+    [
+        ({"vocab_size": 30, "n_embd": 8, "n_head": 2, "n_layer": 2}, "has no n_positions"),
+        ({"vocab_size": 30, "n_ctx": 8, "n_embd": 8, "n_head": 3, "n_layer": 2}, "not divisible"),
+        ({"vocab_size": -30, "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 2}, "positive integer"),
+        ({"vocab_size": 10**12, "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 2}, "expected"),
+        ({"vocab_size": "30", "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 2}, "positive integer"),
+        ([1, 2], "not a GPT-2 config"),
+    ],
+)
 def test_bad_configs(saved, config, fragment):
     _, path = saved
     (path / "config.json").write_text(json.dumps(config))
@@ -100,8 +110,8 @@ def test_bad_configs(saved, config, fragment):
 def test_missing_pieces(tmp_path):
     with pytest.raises(CheckpointError, match="not a checkpoint directory"):
         GPT.from_pretrained(tmp_path / "nowhere")
-    with pytest.raises(CheckpointError, match="config.json does not exist"):
+    with pytest.raises(CheckpointError, match=r"config\.json does not exist"):
         GPT.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text('{"vocab_size": 30, "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 2}')
-    with pytest.raises(CheckpointError, match="model.safetensors does not exist"):
+    with pytest.raises(CheckpointError, match=r"model\.safetensors does not exist"):
         GPT.from_pretrained(tmp_path)

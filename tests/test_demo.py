@@ -36,8 +36,20 @@ def test_japanese_demo_is_the_default():
 def test_demo_flags_epochs_seed_data_and_sampling(tmp_path):
     data = tmp_path / "mine.txt"
     data.write_text("red green blue\nred green blue\n", encoding="utf-8")
-    proc = run_cli("en", "--data", data, "--epochs", "30", "--seed", "3", "--temperature", "0.5",
-                   "--max-new-tokens", "1", input_text="red\nquit\n")
+    proc = run_cli(
+        "en",
+        "--data",
+        data,
+        "--epochs",
+        "30",
+        "--seed",
+        "3",
+        "--temperature",
+        "0.5",
+        "--max-new-tokens",
+        "1",
+        input_text="red\nquit\n",
+    )
     assert proc.returncode == 0, proc.stderr
     assert len(epoch_losses(proc.stdout, "average loss")) == 30
     assert "Generated text: green\n" in proc.stdout  # one new token at most
@@ -49,13 +61,16 @@ def test_unknown_words_and_empty_prompts_keep_the_session():
     assert proc.stdout.count("Enter a prompt") == 3
 
 
-@pytest.mark.parametrize("content, fragment", [
-    (None, "does not exist"),
-    (b"", "is empty"),
-    (b"\n  \n", "is empty"),
-    (b"caf\xe9 au lait\n", "is not UTF-8"),
-    (b"\x00\x01\x02binary", "looks binary"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        (None, "does not exist"),
+        (b"", "is empty"),
+        (b"\n  \n", "is empty"),
+        (b"caf\xe9 au lait\n", "is not UTF-8"),
+        (b"\x00\x01\x02binary", "looks binary"),
+    ],
+)
 def test_bad_data_file_is_one_line_and_exit_2(tmp_path, content, fragment):
     path = tmp_path / "data.txt"
     if content is not None:
@@ -64,12 +79,15 @@ def test_bad_data_file_is_one_line_and_exit_2(tmp_path, content, fragment):
     assert_one_line_error(proc, "simple_llm: error:", fragment)
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["fr"], "invalid choice: 'fr'"),
-    (["en", "--epochs", "0"], "--epochs: must be a positive integer"),
-    (["en", "--temperature", "-1"], "--temperature: must be a number >= 0"),
-    (["en", "--frobnicate"], "unrecognized arguments: --frobnicate"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["fr"], "invalid choice: 'fr'"),
+        (["en", "--epochs", "0"], "--epochs: must be a positive integer"),
+        (["en", "--temperature", "-1"], "--temperature: must be a number >= 0"),
+        (["en", "--frobnicate"], "unrecognized arguments: --frobnicate"),
+    ],
+)
 def test_bad_arguments_are_one_line_and_exit_2(args, fragment):
     assert_one_line_error(run_cli(*args), "simple_llm: error:", fragment)
 
@@ -84,6 +102,11 @@ def test_backend_is_reported_and_switchable():
     import sys
 
     code = "import simple_llm; print(simple_llm.BACKEND)"
-    pure = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT,
-                          env={"SIMPLE_LLM_PURE_PYTHON": "1", "PATH": ""})
+    pure = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={"SIMPLE_LLM_PURE_PYTHON": "1", "PATH": ""},
+    )
     assert pure.stdout.strip() == "numpy"

@@ -37,8 +37,7 @@ def test_generate_prints_prompt_and_continuation(word_model):
 
 
 def test_generate_show_probs_lists_k_tokens_in_descending_order(word_model):
-    proc = run_cli("generate", "--model", word_model, "--prompt", "the", "--max-new-tokens", "3",
-                   "--show-probs", "4")
+    proc = run_cli("generate", "--model", word_model, "--prompt", "the", "--max-new-tokens", "3", "--show-probs", "4")
     assert proc.returncode == 0, proc.stderr
     blocks = re.findall(r"next token \d+: (\S+)\n((?:  [> ] .*\n){4})", proc.stdout)
     assert len(blocks) == 3
@@ -62,12 +61,18 @@ def test_prompt_longer_than_the_context(word_model):
     assert_one_line_error(proc, "simple_llm generate: error:", "20 tokens long", "holds 16")
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--prompt", "x"], "the following arguments are required: --model"),
-    (["--model", "/nonexistent/dir", "--prompt", "x"], "not a checkpoint directory"),
-    (["--model", "{model}", "--prompt", "x", "--top-p", "1.5"], "--top-p: must be a number in (0, 1]"),
-    (["--model", "{model}", "--prompt", "x", "--max-new-tokens", "-2"], "--max-new-tokens: must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--prompt", "x"], "the following arguments are required: --model"),
+        (["--model", "/nonexistent/dir", "--prompt", "x"], "not a checkpoint directory"),
+        (["--model", "{model}", "--prompt", "x", "--top-p", "1.5"], "--top-p: must be a number in (0, 1]"),
+        (
+            ["--model", "{model}", "--prompt", "x", "--max-new-tokens", "-2"],
+            "--max-new-tokens: must be a positive integer",
+        ),
+    ],
+)
 def test_generate_usage_errors(word_model, args, fragment):
     args = [a.replace("{model}", str(word_model)) for a in args]
     assert_one_line_error(run_cli("generate", *args), "simple_llm generate: error:", fragment)
@@ -94,8 +99,19 @@ def test_gpt2_tokenizer_directory(tmp_path):
     shutil.copy(files / "encoder.json", tmp_path / "vocab.json")
     shutil.copy(files / "vocab.bpe", tmp_path / "merges.txt")
     GPT(GPTConfig(vocab_size=50257, n_ctx=32, n_embd=8, n_head=2, n_layer=1), seed=0).save_pretrained(tmp_path)
-    proc = run_cli("generate", "--model", tmp_path, "--prompt", "Once upon a time", "--max-new-tokens", "5",
-                   "--temperature", "1.0", "--seed", "1")
+    proc = run_cli(
+        "generate",
+        "--model",
+        tmp_path,
+        "--prompt",
+        "Once upon a time",
+        "--max-new-tokens",
+        "5",
+        "--temperature",
+        "1.0",
+        "--seed",
+        "1",
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("Once upon a time") and len(proc.stdout) > len("Once upon a time\n")
 

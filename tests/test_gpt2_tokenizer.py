@@ -44,8 +44,9 @@ def reference():
     from tiktoken_ext.openai_public import r50k_pat_str
 
     ranks = tiktoken.load.data_gym_to_mergeable_bpe_ranks(str(FILES / "vocab.bpe"), str(FILES / "encoder.json"))
-    return tiktoken.Encoding("gpt2-local", pat_str=r50k_pat_str, mergeable_ranks=ranks,
-                             special_tokens={ENDOFTEXT: 50256})
+    return tiktoken.Encoding(
+        "gpt2-local", pat_str=r50k_pat_str, mergeable_ranks=ranks, special_tokens={ENDOFTEXT: 50256}
+    )
 
 
 @pytest.mark.parametrize("text", TEXTS)

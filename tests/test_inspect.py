@@ -11,6 +11,7 @@ import pytest
 from simple_llm import GPT, CharTokenizer, GPTConfig
 from tests.conftest import assert_one_line_error, run_cli
 
+
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     path = tmp_path_factory.mktemp("model")
@@ -22,8 +23,10 @@ def model_dir(tmp_path_factory):
     return path
 
 
-@pytest.mark.parametrize("extra, size", [([], (3 * 300, 4 * 300)), (["--layer", "2", "--head", "1"], (300, 300)),
-                                         (["--layer", "0"], (300, 4 * 300))])
+@pytest.mark.parametrize(
+    "extra, size",
+    [([], (3 * 300, 4 * 300)), (["--layer", "2", "--head", "1"], (300, 300)), (["--layer", "0"], (300, 4 * 300))],
+)
 def test_heatmap_png_size_follows_layers_and_heads(model_dir, tmp_path, extra, size):
     plt = pytest.importorskip("matplotlib.pyplot")
     out = tmp_path / "attention.png"
@@ -86,15 +89,20 @@ def test_without_matplotlib_says_how_to_install_it(model_dir, tmp_path):
     (fake / "__init__.py").write_text("raise ImportError('no matplotlib here')\n")
     proc = run_cli("inspect", "--model", model_dir, "--prompt", "Hello", env={"PYTHONPATH": str(fake.parent)})
     assert_one_line_error(proc, "simple_llm inspect: error:", "pip install 'simple_llm[viz]'")
-    proc = run_cli("inspect", "--model", model_dir, "--prompt", "Hello", "--trace", env={"PYTHONPATH": str(fake.parent)})
+    proc = run_cli(
+        "inspect", "--model", model_dir, "--prompt", "Hello", "--trace", env={"PYTHONPATH": str(fake.parent)}
+    )
     assert proc.returncode == 0  # the trace needs no matplotlib
 
 
-@pytest.mark.parametrize("args, fragment", [
-    (["--prompt", "Hello", "--layer", "7"], "--layer 7: this model has 3 (0 to 2)"),
-    (["--prompt", "Hello", "--head", "4"], "--head 4: this model has 4 (0 to 3)"),
-    ([], "--prompt is needed"),
-    (["--prompt", "Hello" * 10], "holds 16"),
-])
+@pytest.mark.parametrize(
+    "args, fragment",
+    [
+        (["--prompt", "Hello", "--layer", "7"], "--layer 7: this model has 3 (0 to 2)"),
+        (["--prompt", "Hello", "--head", "4"], "--head 4: this model has 4 (0 to 3)"),
+        ([], "--prompt is needed"),
+        (["--prompt", "Hello" * 10], "holds 16"),
+    ],
+)
 def test_bad_inspect_arguments(model_dir, args, fragment):
     assert_one_line_error(run_cli("inspect", "--model", model_dir, *args), "simple_llm inspect: error:", fragment)

@@ -66,7 +66,11 @@ def ref_gelu(x):
 
 
 def ref_crossentropy(logits, targets):
-    logp = logits - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True)) - logits.max(1, keepdims=True)
+    logp = (
+        logits
+        - np.log(np.exp(logits - logits.max(1, keepdims=True)).sum(1, keepdims=True))
+        - logits.max(1, keepdims=True)
+    )
     return np.array([-logp[i, t] if t >= 0 else 0.0 for i, t in enumerate(targets)])
 
 
@@ -280,8 +284,18 @@ def test_compiled_matches_fallback_everywhere(dtype):
     _both("encoder_forward", dtype, np.zeros((B, T, C), dtype), idx, rand(V, C, dtype=dtype), rand(T, C, dtype=dtype))
     _both("encoder_backward", dtype, rand(V, C, dtype=dtype), rand(T, C, dtype=dtype), rand(B, T, C, dtype=dtype), idx)
     _, (_, mean, rstd, *_rest) = _both("layernorm_forward", dtype, np.zeros_like(x), mean, rstd, x, w, b, 1e-5)
-    _both("layernorm_backward", dtype, rand(N, C, dtype=dtype), rand(C, dtype=dtype), rand(C, dtype=dtype),
-          rand(N, C, dtype=dtype, seed=9), x, w, mean, rstd)
+    _both(
+        "layernorm_backward",
+        dtype,
+        rand(N, C, dtype=dtype),
+        rand(C, dtype=dtype),
+        rand(C, dtype=dtype),
+        rand(N, C, dtype=dtype, seed=9),
+        x,
+        w,
+        mean,
+        rstd,
+    )
     _both("softmax_forward", dtype, np.zeros((N, V), dtype), rand(N, V, dtype=dtype))
     scores = rand(B, NH, T, T, dtype=dtype, scale=3)
     _, (att, _) = _both("attention_softmax_forward", dtype, scores, 0.3)
@@ -293,8 +307,20 @@ def test_compiled_matches_fallback_everywhere(dtype):
     logits = rand(N, V, dtype=dtype, scale=3)
     _, (_, lse, *_r) = _both("crossentropy_forward", dtype, np.zeros(N, dtype), np.zeros(N, dtype), logits, targets)
     _both("crossentropy_backward", dtype, np.zeros((N, V), dtype), logits, lse, targets, 0.1)
-    _both("adamw_update", dtype, rand(300, dtype=dtype), rand(300, dtype=dtype, seed=1),
-          rand(300, dtype=dtype, seed=2), np.abs(rand(300, dtype=dtype, seed=3)), 1e-3, 0.9, 0.95, 1e-8, 0.1, 3)
+    _both(
+        "adamw_update",
+        dtype,
+        rand(300, dtype=dtype),
+        rand(300, dtype=dtype, seed=1),
+        rand(300, dtype=dtype, seed=2),
+        np.abs(rand(300, dtype=dtype, seed=3)),
+        1e-3,
+        0.9,
+        0.95,
+        1e-8,
+        0.1,
+        3,
+    )
 
 
 def test_compiled_matches_fallback_at_parallel_sizes(dtype):
@@ -305,10 +331,21 @@ def test_compiled_matches_fallback_at_parallel_sizes(dtype):
     N = Bb * Tt
     x = rand(N, 4 * Cc, dtype=dtype)
     w, b = rand(4 * Cc, dtype=dtype, seed=1), rand(4 * Cc, dtype=dtype, seed=2)
-    _, (_, mean, rstd, *_r) = _both("layernorm_forward", dtype, np.zeros_like(x), np.zeros(N, dtype),
-                                    np.zeros(N, dtype), x, w, b, 1e-5)
-    _both("layernorm_backward", dtype, np.zeros_like(x), np.zeros(4 * Cc, dtype), np.zeros(4 * Cc, dtype),
-          rand(N, 4 * Cc, dtype=dtype, seed=3), x, w, mean, rstd)
+    _, (_, mean, rstd, *_r) = _both(
+        "layernorm_forward", dtype, np.zeros_like(x), np.zeros(N, dtype), np.zeros(N, dtype), x, w, b, 1e-5
+    )
+    _both(
+        "layernorm_backward",
+        dtype,
+        np.zeros_like(x),
+        np.zeros(4 * Cc, dtype),
+        np.zeros(4 * Cc, dtype),
+        rand(N, 4 * Cc, dtype=dtype, seed=3),
+        x,
+        w,
+        mean,
+        rstd,
+    )
     g = rand(N * 4 * Cc, dtype=dtype, scale=4)
     _both("gelu_forward", dtype, np.zeros_like(g), g)
     _both("gelu_backward", dtype, np.zeros_like(g), g, rand(N * 4 * Cc, dtype=dtype, seed=5))
@@ -316,8 +353,20 @@ def test_compiled_matches_fallback_at_parallel_sizes(dtype):
     targets = np.random.default_rng(0).integers(0, 512, N)
     _, (_, lse, *_r) = _both("crossentropy_forward", dtype, np.zeros(N, dtype), np.zeros(N, dtype), logits, targets)
     _both("crossentropy_backward", dtype, np.zeros_like(logits), logits, lse, targets, 1.0 / N)
-    _both("adamw_update", dtype, rand(100000, dtype=dtype), rand(100000, dtype=dtype, seed=1),
-          rand(100000, dtype=dtype, seed=2), np.abs(rand(100000, dtype=dtype, seed=3)), 1e-3, 0.9, 0.95, 1e-8, 0.1, 7)
+    _both(
+        "adamw_update",
+        dtype,
+        rand(100000, dtype=dtype),
+        rand(100000, dtype=dtype, seed=1),
+        rand(100000, dtype=dtype, seed=2),
+        np.abs(rand(100000, dtype=dtype, seed=3)),
+        1e-3,
+        0.9,
+        0.95,
+        1e-8,
+        0.1,
+        7,
+    )
 
 
 # the checked interface -----------------------------------------------------------------------------
@@ -332,8 +381,9 @@ def test_wrong_shape_names_the_argument(backend):
 def test_wrong_dtype_names_the_argument(backend):
     x = rand(4, C)
     with pytest.raises(ValueError, match="weight has dtype float32"):
-        kernels.layernorm_forward(np.zeros_like(x), np.zeros(4), np.zeros(4), x, np.ones(C, np.float32),
-                                  np.zeros(C), 1e-5)
+        kernels.layernorm_forward(
+            np.zeros_like(x), np.zeros(4), np.zeros(4), x, np.ones(C, np.float32), np.zeros(C), 1e-5
+        )
 
 
 def test_out_of_range_token_is_refused(backend):

@@ -261,12 +261,15 @@ def test_stop_token_ends_generation():
 # validation and memory ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(n_embd=30, n_head=4), "not divisible"),
-    (dict(n_layer=0), "n_layer must be a positive integer"),
-    (dict(vocab_size=-3), "vocab_size"),
-    (dict(dropout=1.0), "dropout"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(n_embd=30, n_head=4), "not divisible"),
+        (dict(n_layer=0), "n_layer must be a positive integer"),
+        (dict(vocab_size=-3), "vocab_size"),
+        (dict(dropout=1.0), "dropout"),
+    ],
+)
 def test_config_rejects_nonsense(kwargs, message):
     with pytest.raises(ValueError, match=message):
         GPTConfig(**{**TINY, **kwargs})

@@ -27,8 +27,9 @@ def hf_model(tmp_path, seed=0, dtype=torch.float64):
     model = transformers.GPT2LMHeadModel(config).to(dtype).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim == 1:
-                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if name.endswith("ln_1.weight") or name.endswith("ln_2.weight") or name.endswith("ln_f.weight") else 0.0))
+            if p.ndim == 1:  # biases around 0, layer-norm gains around 1
+                gain = name.endswith(("ln_1.weight", "ln_2.weight", "ln_f.weight"))
+                p.copy_(torch.randn_like(p) * 0.1 + (1.0 if gain else 0.0))
     model.save_pretrained(tmp_path)
     return model
 
@@ -63,8 +64,9 @@ def test_loss_and_every_gradient_match_autograd_float64(tmp_path, backend):
     idx, targets = tokens(seed=1), tokens(seed=2)
     targets[0, :3] = -1  # not scored: ignore_index=-1 on the PyTorch side
     out = ref(torch.tensor(idx))
-    ref_loss = torch.nn.functional.cross_entropy(out.logits.reshape(-1, CFG["vocab_size"]),
-                                                 torch.tensor(targets).reshape(-1), ignore_index=-1)
+    ref_loss = torch.nn.functional.cross_entropy(
+        out.logits.reshape(-1, CFG["vocab_size"]), torch.tensor(targets).reshape(-1), ignore_index=-1
+    )
     ref_loss.backward()
     loss, grads = ours.loss_and_grads(idx, targets)
     assert abs(loss - ref_loss.item()) <= 1e-8 * abs(ref_loss.item())
@@ -80,8 +82,10 @@ def test_adamw_training_matches_torch(tmp_path, backend):
     ref = hf_model(tmp_path)
     ours = GPT.from_pretrained(tmp_path, dtype=np.float64)
     params = dict(ref.named_parameters())
-    groups = [{"params": [p for p in params.values() if p.ndim >= 2], "weight_decay": 0.1},
-              {"params": [p for p in params.values() if p.ndim < 2], "weight_decay": 0.0}]
+    groups = [
+        {"params": [p for p in params.values() if p.ndim >= 2], "weight_decay": 0.1},
+        {"params": [p for p in params.values() if p.ndim < 2], "weight_decay": 0.0},
+    ]
     ref_opt = torch.optim.AdamW(groups, lr=1e-2, betas=(0.9, 0.95), eps=1e-8)
     opt = AdamW(ours.params, lr=1e-2, betas=(0.9, 0.95), eps=1e-8, weight_decay=0.1)
     for step in range(5):
@@ -89,8 +93,9 @@ def test_adamw_training_matches_torch(tmp_path, backend):
         idx, targets = tokens(seed=10 + step), tokens(seed=20 + step)
         ref_opt.zero_grad()
         logits = ref(torch.tensor(idx)).logits
-        ref_loss = torch.nn.functional.cross_entropy(logits.reshape(-1, CFG["vocab_size"]),
-                                                     torch.tensor(targets).reshape(-1))
+        ref_loss = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, CFG["vocab_size"]), torch.tensor(targets).reshape(-1)
+        )
         ref_loss.backward()
         torch.nn.utils.clip_grad_norm_(ref.parameters(), 0.5)
         for group in ref_opt.param_groups:
@@ -102,8 +107,9 @@ def test_adamw_training_matches_torch(tmp_path, backend):
         opt.step(grads)
         assert loss == pytest.approx(ref_loss.item(), rel=1e-10)
     for name, p in params.items():
-        np.testing.assert_allclose(ours.params[name.removeprefix("transformer.")], p.detach().numpy(),
-                                   rtol=1e-8, atol=1e-10, err_msg=name)
+        np.testing.assert_allclose(
+            ours.params[name.removeprefix("transformer.")], p.detach().numpy(), rtol=1e-8, atol=1e-10, err_msg=name
+        )
 
 
 def test_saved_checkpoint_loads_in_transformers_without_warnings(tmp_path, backend, caplog):
@@ -128,8 +134,15 @@ def test_greedy_generation_matches_transformers(tmp_path, backend, use_cache):
     ours = GPT.from_pretrained(tmp_path, dtype=np.float64)
     prompt = tokens(B=1, T=4, seed=3)
     with torch.no_grad():
-        expected = ref.generate(torch.tensor(prompt), max_new_tokens=16, do_sample=False, use_cache=True,
-                                pad_token_id=0, eos_token_id=None, attention_mask=torch.ones_like(torch.tensor(prompt)))
+        expected = ref.generate(
+            torch.tensor(prompt),
+            max_new_tokens=16,
+            do_sample=False,
+            use_cache=True,
+            pad_token_id=0,
+            eos_token_id=None,
+            attention_mask=torch.ones_like(torch.tensor(prompt)),
+        )
     np.testing.assert_array_equal(ours.generate(prompt, max_new_tokens=16, use_cache=use_cache), expected.numpy())
 
 

@@ -29,8 +29,9 @@ def test_word_tokenizer_specials_and_unknown():
         tok.decode([99])
 
 
-@pytest.mark.parametrize("make", [lambda: CharTokenizer.train("abc\n", specials=["<eos>"]),
-                                  lambda: WordTokenizer.train("a b c")])
+@pytest.mark.parametrize(
+    "make", [lambda: CharTokenizer.train("abc\n", specials=["<eos>"]), lambda: WordTokenizer.train("a b c")]
+)
 def test_save_load_to_dir_and_file(tmp_path, make):
     tok = make()
     path = tok.save(tmp_path)
@@ -42,13 +43,16 @@ def test_save_load_to_dir_and_file(tmp_path, make):
     assert type(tok).load(tmp_path).tokens == tok.tokens
 
 
-@pytest.mark.parametrize("content, fragment", [
-    ("{not json", "is damaged"),
-    ('{"kind": "klingon"}', "names no known kind"),
-    ('{"kind": "word", "tokens": [1, 2]}', "is damaged"),
-    ('{"kind": "char", "tokens": ["a", "a"]}', "duplicate"),
-    ('[1, 2, 3]', "names no known kind"),
-])
+@pytest.mark.parametrize(
+    "content, fragment",
+    [
+        ("{not json", "is damaged"),
+        ('{"kind": "klingon"}', "names no known kind"),
+        ('{"kind": "word", "tokens": [1, 2]}', "is damaged"),
+        ('{"kind": "char", "tokens": ["a", "a"]}', "duplicate"),
+        ("[1, 2, 3]", "names no known kind"),
+    ],
+)
 def test_damaged_tokenizer_file_is_one_clear_error(tmp_path, content, fragment):
     path = tmp_path / "tokenizer.json"
     path.write_text(content, encoding="utf-8")

@@ -19,8 +19,21 @@ from simple_llm import GPT, load_tokenizer
 from simple_llm.fileio import atomic_path
 from tests.conftest import assert_one_line_error, run_cli
 
-TINY = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4",
-        "--eval-steps", "2", "--no-progress"]
+TINY = [
+    "--n-layer",
+    "1",
+    "--n-head",
+    "2",
+    "--n-embd",
+    "16",
+    "--block-size",
+    "16",
+    "--batch-size",
+    "4",
+    "--eval-steps",
+    "2",
+    "--no-progress",
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,10 +59,28 @@ def test_a_tiny_run_learns_and_writes_everything(tmp_path):
     data = tmp_path / "abc.txt"
     data.write_text("abcdefgh" * 400, encoding="utf-8")
     out = tmp_path / "run"
-    proc = train("--data", data, "--out", out, *TINY, "--max-steps", "150", "--eval-interval", "50",
-                 "--lr", "1e-2", "--warmup-steps", "10")
+    proc = train(
+        "--data",
+        data,
+        "--out",
+        out,
+        *TINY,
+        "--max-steps",
+        "150",
+        "--eval-interval",
+        "50",
+        "--lr",
+        "1e-2",
+        "--warmup-steps",
+        "10",
+    )
     assert sorted(p.name for p in out.iterdir() if p.name != "loss.png") == [
-        "config.json", "log.csv", "model.safetensors", "tokenizer.json", "train_state"]
+        "config.json",
+        "log.csv",
+        "model.safetensors",
+        "tokenizer.json",
+        "train_state",
+    ]
     rows = list(csv.DictReader((out / "log.csv").open()))
     assert list(rows[0]) == ["step", "lr", "train_loss", "val_loss", "tokens_per_s"]
     assert [int(r["step"]) for r in rows] == [50, 100, 150]
@@ -74,8 +105,23 @@ def test_loss_plot(tmp_path, text_file):
 @pytest.mark.parametrize("tokenizer", ["char", "bpe"])
 def test_resume_is_bit_for_bit(tmp_path, text_file, dropout, tokenizer):
     """20 steps, then --resume to 40, equals 40 steps in one go (CONTRACTS.md's example)."""
-    common = ["--data", text_file, *TINY, "--dropout", dropout, "--tokenizer", tokenizer, "--vocab-size", "300",
-              "--lr-decay-steps", "40", "--eval-interval", "15", "--seed", "3"]
+    common = [
+        "--data",
+        text_file,
+        *TINY,
+        "--dropout",
+        dropout,
+        "--tokenizer",
+        tokenizer,
+        "--vocab-size",
+        "300",
+        "--lr-decay-steps",
+        "40",
+        "--eval-interval",
+        "15",
+        "--seed",
+        "3",
+    ]
     once, twice = tmp_path / "once", tmp_path / "twice"
     train(*common, "--out", once, "--max-steps", "40")
     train(*common, "--out", twice, "--max-steps", "20")
@@ -94,8 +140,13 @@ def test_ctrl_c_saves_and_resumes_to_the_same_weights(tmp_path, text_file):
     common = ["--data", text_file, *TINY, "--lr-decay-steps", many, "--eval-interval", many, "--seed", "1"]
     out = tmp_path / "interrupted"
     env = {**os.environ, "PYTHONIOENCODING": "utf-8"}
-    proc = subprocess.Popen([sys.executable, "-m", "simple_llm", "train", *map(str, common), "--out", str(out),
-                             "--max-steps", many], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simple_llm", "train", *map(str, common), "--out", str(out), "--max-steps", many],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     first_line = proc.stdout.readline()  # printed just before the first step
     assert "parameters" in first_line, first_line
     time.sleep(1.5)
@@ -134,26 +185,33 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, text_fi
     def small_files():
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
-    proc = subprocess.run([sys.executable, "-m", "simple_llm", "train", *map(str, common), "--max-steps", "10",
-                           "--resume"], capture_output=True, text=True, preexec_fn=small_files)
+    proc = subprocess.run(
+        [sys.executable, "-m", "simple_llm", "train", *map(str, common), "--max-steps", "10", "--resume"],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
+    )
     assert_one_line_error(proc, "simple_llm train: error:", "File too large")
     after = {p.name: p.read_bytes() for p in out.iterdir()}
     assert after == before  # untouched: no half-written file, no temporary left
 
 
-@pytest.mark.parametrize("make, args, fragment", [
-    (None, [], "does not exist"),
-    (b"", [], "is empty"),
-    (b"\xff\xfe\x00\x00binary", [], "looks binary"),
-    (b"caf\xe9 au lait " * 50, [], "is not UTF-8"),
-    (b"short text", [], "needs at least"),
-    (b"x" * 5000, ["--tokenizer", "bpe", "--vocab-size", "200"], "--vocab-size 200 is too small"),
-    (b"x" * 5000, ["--n-embd", "30", "--n-head", "4"], "--n-embd 30 is not divisible by --n-head 4"),
-    (b"x" * 5000, ["--resume"], "holds no training state"),
-    (b"x" * 5000, ["--dropout", "1.5"], "--dropout 1.5 must be below 1"),
-    (b"x" * 5000, ["--max-steps", "0"], "--max-steps: must be a positive integer"),
-    (b"x" * 5000, ["--tokenizer", "sentencepiece"], "invalid choice: 'sentencepiece'"),
-])
+@pytest.mark.parametrize(
+    "make, args, fragment",
+    [
+        (None, [], "does not exist"),
+        (b"", [], "is empty"),
+        (b"\xff\xfe\x00\x00binary", [], "looks binary"),
+        (b"caf\xe9 au lait " * 50, [], "is not UTF-8"),
+        (b"short text", [], "needs at least"),
+        (b"x" * 5000, ["--tokenizer", "bpe", "--vocab-size", "200"], "--vocab-size 200 is too small"),
+        (b"x" * 5000, ["--n-embd", "30", "--n-head", "4"], "--n-embd 30 is not divisible by --n-head 4"),
+        (b"x" * 5000, ["--resume"], "holds no training state"),
+        (b"x" * 5000, ["--dropout", "1.5"], "--dropout 1.5 must be below 1"),
+        (b"x" * 5000, ["--max-steps", "0"], "--max-steps: must be a positive integer"),
+        (b"x" * 5000, ["--tokenizer", "sentencepiece"], "invalid choice: 'sentencepiece'"),
+    ],
+)
 def test_bad_input_is_one_line_and_exit_2(tmp_path, make, args, fragment):
     data = tmp_path / "data.txt"
     if make is not None:
@@ -168,8 +226,9 @@ def test_resume_with_another_shape_or_tokenizer_is_refused(tmp_path, text_file):
     train("--data", text_file, "--out", out, *TINY, "--max-steps", "2", "--eval-interval", "2")
     proc = run_cli("train", "--data", text_file, "--out", out, *TINY, "--n-embd", "32", "--max-steps", "4", "--resume")
     assert_one_line_error(proc, "--resume:", "--n-embd 16, not 32")
-    proc = run_cli("train", "--data", text_file, "--out", out, *TINY, "--tokenizer", "word", "--max-steps", "4",
-                   "--resume")
+    proc = run_cli(
+        "train", "--data", text_file, "--out", out, *TINY, "--tokenizer", "word", "--max-steps", "4", "--resume"
+    )
     assert_one_line_error(proc, "--resume:", "--tokenizer char, not word")
     proc = run_cli("train", "--data", text_file, "--out", out, *TINY, "--max-steps", "4")
     assert_one_line_error(proc, "already holds a training run")
@@ -184,7 +243,23 @@ def test_damaged_state_is_one_line(tmp_path, text_file):
 
 
 def test_loss_that_is_not_finite_stops_with_a_clear_line(tmp_path, text_file):
-    proc = run_cli("train", "--data", text_file, "--out", tmp_path / "run", *TINY, "--max-steps", "50",
-                   "--lr", "1e30", "--warmup-steps", "0", "--grad-clip", "0", "--eval-interval", "1000")
+    proc = run_cli(
+        "train",
+        "--data",
+        text_file,
+        "--out",
+        tmp_path / "run",
+        *TINY,
+        "--max-steps",
+        "50",
+        "--lr",
+        "1e30",
+        "--warmup-steps",
+        "0",
+        "--grad-clip",
+        "0",
+        "--eval-interval",
+        "1000",
+    )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(lines) == 1 and "loss is not finite at step" in lines[0], proc.stderr
