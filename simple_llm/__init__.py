@@ -17,6 +17,7 @@ import os
 # the user set wins.
 os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
 
+from .bpe import BPETokenizer, GPT2Tokenizer
 from .kernels import BACKEND
 from .model import GPT, GPTConfig
 from .optim import SGD, AdamW, clip_grad_norm, lr_at
@@ -27,7 +28,9 @@ __all__ = [
     "GPT",
     "SGD",
     "AdamW",
+    "BPETokenizer",
     "CharTokenizer",
+    "GPT2Tokenizer",
     "GPTConfig",
     "Tokenizer",
     "TokenizerError",

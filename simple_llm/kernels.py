@@ -59,8 +59,9 @@ def openmp_threads() -> int:
 def _check(fn: str, dtype: Any, inner_only: tuple[str, ...] = (), **arrays: tuple[Any, tuple]) -> None:
     """Check ``name=(array, shape)`` pairs: an ndarray of ``dtype`` and that shape, C-contiguous.
 
-    A ``None`` in a shape accepts any size there. Names in ``inner_only`` need only a contiguous last
-    axis (a slice of a key/value cache along time, for instance). Only ``mask`` may be None.
+    A ``None`` in a shape accepts any size there (but not an empty array). Names in ``inner_only``
+    need only a contiguous last axis (a slice of a key/value cache along time, for instance). Only
+    ``mask`` may be None.
     """
     for name, (a, shape) in arrays.items():
         if a is None and name == "mask":  # dropout off
@@ -74,11 +75,20 @@ def _check(fn: str, dtype: Any, inner_only: tuple[str, ...] = (), **arrays: tupl
         ):
             want = "(" + ", ".join("*" if s is None else str(s) for s in shape) + ")"
             raise ValueError(f"{fn}: {name} has shape {a.shape}, expected {want}")
+        if a.size == 0:  # the compiled loops start from &a[0]: there must be one
+            raise ValueError(f"{fn}: {name} is empty (shape {a.shape})")
         if name in inner_only:
-            if a.size and a.strides[-1] != a.itemsize:
+            if a.strides[-1] != a.itemsize:
                 raise ValueError(f"{fn}: {name} must be contiguous along its last axis")
         elif not a.flags.c_contiguous:
             raise ValueError(f"{fn}: {name} must be C-contiguous")
+
+
+def _number(fn: str, name: str, x: Any) -> float:
+    """A finite real number argument (eps, scale, a learning rate...), as a float."""
+    if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) or not np.isfinite(x):
+        raise ValueError(f"{fn}: {name} must be a finite number, not {x!r}")
+    return float(x)
 
 
 def _writable(fn: str, **arrays: np.ndarray) -> None:
@@ -162,7 +172,7 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias, eps):
         bias=(bias, (C,)),
     )
     _writable(fn, out=out, mean=mean, rstd=rstd)
-    impl.layernorm_forward(out, mean, rstd, inp, weight, bias, float(eps))
+    impl.layernorm_forward(out, mean, rstd, inp, weight, bias, _number(fn, "eps", eps))
 
 
 def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
@@ -216,7 +226,7 @@ def attention_softmax_forward(att, scale):
     dt = _float_dtype(fn, "att", att)
     _check(fn, dt, att=(att, (None, None, None, None)))
     _writable(fn, att=att)
-    impl.attention_softmax_forward(att, float(scale))
+    impl.attention_softmax_forward(att, _number(fn, "scale", scale))
 
 
 def attention_softmax_backward(datt, att, scale):
@@ -225,7 +235,7 @@ def attention_softmax_backward(datt, att, scale):
     dt = _float_dtype(fn, "att", att)
     _check(fn, dt, datt=(datt, att.shape), att=(att, (None, None, None, None)))
     _writable(fn, datt=datt)
-    impl.attention_softmax_backward(datt, att, float(scale))
+    impl.attention_softmax_backward(datt, att, _number(fn, "scale", scale))
 
 
 def attention_forward(out, att, inp, n_head, mask=None):
@@ -350,7 +360,7 @@ def crossentropy_backward(dlogits, logits, lse, targets, dloss):
     _check(fn, dt, dlogits=(dlogits, (N, V)), logits=(logits, (N, V)), lse=(lse, (N,)))
     _index_range(fn, "targets", targets, -1, V)
     _writable(fn, dlogits=dlogits)
-    impl.crossentropy_backward(dlogits, logits, lse, targets, float(dloss))
+    impl.crossentropy_backward(dlogits, logits, lse, targets, _number(fn, "dloss", dloss))
 
 
 # AdamW -------------------------------------------------------------------------------------------
@@ -362,9 +372,11 @@ def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step)
     dt = _float_dtype(fn, "params", params)
     (n,) = _shape(fn, "params", params, 1)
     _check(fn, dt, params=(params, (n,)), grads=(grads, (n,)), m=(m, (n,)), v=(v, (n,)))
-    if int(step) < 1:
-        raise ValueError(f"{fn}: step must count from 1, not {step}")
+    if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
+        raise ValueError(f"{fn}: step must be an integer counting from 1, not {step!r}")
+    hyper = {
+        n: _number(fn, n, x)
+        for n, x in dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay).items()
+    }
     _writable(fn, params=params, m=m, v=v)
-    impl.adamw_update(
-        params, grads, m, v, float(lr), float(beta1), float(beta2), float(eps), float(weight_decay), int(step)
-    )
+    impl.adamw_update(params, grads, m, v, *hyper.values(), int(step))

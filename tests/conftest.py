@@ -1,4 +1,4 @@
-"""Shared fixtures: run tests on both kernel backends, and find the optional reference packages.
+"""Fixtures: run tests on both kernel backends.
 
 ``backend`` parametrizes a test over the NumPy fallback and the compiled kernels. Without the compiled
 extension the "cython" cases skip, unless SIMPLE_LLM_REQUIRE_COMPILED=1 (CI, wheel tests), where they
@@ -7,31 +7,11 @@ fail: a build that silently fell back to NumPy must not pass.
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from support import compiled_kernels
 
 from simple_llm import fallback, kernels
-
-ROOT = Path(__file__).resolve().parent.parent
-SHARED = ROOT.parent / "shared"
-REQUIRE_COMPILED = os.environ.get("SIMPLE_LLM_REQUIRE_COMPILED", "").strip() not in ("", "0")
-TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
-
-
-def compiled_kernels():
-    """The compiled module, or skip (fail under SIMPLE_LLM_REQUIRE_COMPILED) when it is not built."""
-    try:
-        from simple_llm import _kernels
-    except ImportError as exc:
-        if REQUIRE_COMPILED:
-            pytest.fail(f"SIMPLE_LLM_REQUIRE_COMPILED is set but the compiled kernels do not import: {exc}")
-        pytest.skip("compiled kernels not built")
-    return _kernels
 
 
 @pytest.fixture(params=["numpy", "cython"])
@@ -45,30 +25,3 @@ def backend(request, monkeypatch):
 @pytest.fixture(params=[np.float32, np.float64], ids=["float32", "float64"])
 def dtype(request):
     return request.param
-
-
-def run_cli(*args, input_text=None, env=None, timeout=300, cwd=None):
-    """Run ``python -m simple_llm ARGS`` as a user would; returns the CompletedProcess."""
-    full_env = {**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})}
-    full_env.pop("SIMPLE_LLM_DEBUG", None)
-    return subprocess.run(
-        [sys.executable, "-m", "simple_llm", *map(str, args)],
-        input=input_text,
-        capture_output=True,
-        text=True,
-        encoding="utf-8",
-        env=full_env,
-        timeout=timeout,
-        cwd=cwd,
-    )
-
-
-def assert_one_line_error(proc, *fragments, code=2):
-    """A user error: exit status 2, exactly one line on stderr naming the problem, no traceback."""
-    lines = [line for line in proc.stderr.splitlines() if line.strip()]
-    assert proc.returncode == code, (proc.returncode, proc.stderr)
-    assert len(lines) == 1, proc.stderr
-    assert "Traceback" not in proc.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]

@@ -8,10 +8,10 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import SHARED
 
 from simple_llm import load_tokenizer
 from simple_llm.bpe import ENDOFTEXT, BPETokenizer, learn_merges, merge_piece
-from tests.conftest import SHARED
 
 SAMPLE = "hello hello world, hello there! 日本語のテキスト、日本語の文。 ta ta ta\n\n  spaces   and\ttabs\n"
 any_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80)

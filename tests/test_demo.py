@@ -5,8 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-
-from tests.conftest import ROOT, assert_one_line_error, run_cli
+from support import ROOT, assert_one_line_error, run_cli
 
 
 def epoch_losses(stdout, label):

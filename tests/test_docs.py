@@ -7,8 +7,7 @@ import os
 import re
 
 import pytest
-
-from tests.conftest import ROOT
+from support import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)

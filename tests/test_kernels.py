@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from support import TOL, compiled_kernels
 
 from simple_llm import fallback, kernels
-from tests.conftest import TOL, compiled_kernels
 
 B, T, C, NH, V = 2, 5, 12, 3, 7
 

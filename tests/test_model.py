@@ -101,8 +101,9 @@ def test_loss_matches_forward_and_eval_has_no_dropout(backend):
 
 
 def test_backends_agree_on_forward_and_grads(dtype, monkeypatch):
+    from support import compiled_kernels
+
     from simple_llm import fallback, kernels
-    from tests.conftest import compiled_kernels
 
     cfg = GPTConfig(vocab_size=50, n_ctx=16, n_embd=32, n_head=4, n_layer=2)
     idx, targets = batch(cfg, B=3, T=16)

@@ -14,10 +14,10 @@ import time
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
+from support import assert_one_line_error, run_cli
 
 from simple_llm import GPT, load_tokenizer
 from simple_llm.fileio import atomic_path
-from tests.conftest import assert_one_line_error, run_cli
 
 TINY = [
     "--n-layer",

@@ -1,0 +1,274 @@
+"""Hostile inputs: fuzzed kernel arguments, damaged tokenizer and checkpoint files, absurd configs and
+bad command lines. Each must end in one clear error of the documented kind, never a crash, a
+traceback, or an absurd allocation."""
+
+from __future__ import annotations
+
+import json
+import struct
+import tracemalloc
+
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from support import assert_one_line_error, run_cli
+
+from simple_llm import (
+    GPT,
+    BPETokenizer,
+    CharTokenizer,
+    GPTConfig,
+    TokenizerError,
+    WordTokenizer,
+    kernels,
+    load_tokenizer,
+)
+from simple_llm.checkpoint import CheckpointError
+
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+# kernels ----------------------------------------------------------------------------------------
+
+
+def valid_args(name: str, dt, B=2, T=3, C=4, NH=2, V=5):
+    """Correct arguments for each checked kernel at small sizes."""
+    r = np.random.default_rng(0)
+
+    def f(*shape):
+        return r.standard_normal(shape).astype(dt)
+
+    N = B * T
+    idx = r.integers(0, V, (B, T))
+    return {
+        "encoder_forward": [f(B, T, C), idx, f(V, C), f(T, C)],
+        "encoder_backward": [f(V, C), f(T, C), f(B, T, C), idx],
+        "layernorm_forward": [f(N, C), f(N), f(N), f(N, C), f(C), f(C), 1e-5],
+        "layernorm_backward": [f(N, C), f(C), f(C), f(N, C), f(N, C), f(C), f(N), np.abs(f(N))],
+        "softmax_forward": [f(N, V), f(N, V)],
+        "attention_softmax_forward": [f(B, NH, T, T), 0.5],
+        "attention_softmax_backward": [f(B, NH, T, T), np.abs(f(B, NH, T, T)), 0.5],
+        "attention_forward": [f(B, T, C), f(B, NH, T, T), f(B, T, 3 * C), NH],
+        "attention_backward": [f(B, T, 3 * C), f(B, NH, T, T), f(B, T, C), f(B, T, 3 * C), np.abs(f(B, NH, T, T)), NH],
+        "gelu_forward": [f(N, C), f(N, C)],
+        "gelu_backward": [f(N, C), f(N, C), f(N, C)],
+        "crossentropy_forward": [f(N), f(N), f(N, V), r.integers(-1, V, N)],
+        "crossentropy_backward": [f(N, V), f(N, V), f(N), r.integers(-1, V, N), 0.1],
+        "adamw_update": [f(20), f(20), f(20), np.abs(f(20)), 1e-3, 0.9, 0.95, 1e-8, 0.1, 1],
+    }[name]
+
+
+KERNELS = [
+    "encoder_forward", "encoder_backward", "layernorm_forward", "layernorm_backward", "softmax_forward",
+    "attention_softmax_forward", "attention_softmax_backward", "attention_forward", "attention_backward",
+    "gelu_forward", "gelu_backward", "crossentropy_forward", "crossentropy_backward", "adamw_update",
+]  # fmt: skip
+
+
+def mutate(a, how: int, rng):
+    """A damaged version of an argument: wrong shape, dtype, layout, type, or values."""
+    if not isinstance(a, np.ndarray):
+        return [None, "x", np.zeros(2), -1, 10**9][how % 5]
+    return [
+        lambda: a.reshape(-1),  # wrong number of dimensions
+        lambda: np.concatenate([a.reshape(-1), a.reshape(-1)[:1]]).astype(a.dtype),  # wrong size
+        lambda: a.astype(np.float16),  # unsupported dtype
+        lambda: a.astype(np.float32 if a.dtype == np.float64 else np.float64),  # the other float
+        lambda: np.asfortranarray(a.reshape(a.shape[0], -1)).reshape(a.shape) if a.ndim > 1 else a[::2],
+        lambda: a.tolist(),  # not an array at all
+        lambda: np.full_like(a, 10**6 if a.dtype.kind == "i" else np.nan),  # indices out of range / NaN
+        lambda: np.broadcast_to(a.reshape(-1)[:1], a.shape),  # read-only view
+        lambda: a[..., :0] if a.ndim else a,  # empty last axis
+    ][how % 9]()
+
+
+@FUZZ
+@given(
+    kernel=st.sampled_from(KERNELS),
+    which=st.integers(0, 9),
+    how=st.integers(0, 40),
+    dt=st.sampled_from([np.float32, np.float64]),
+)
+def test_fuzzed_kernel_arguments_raise_value_error_or_run(backend, kernel, which, how, dt):
+    args = valid_args(kernel, dt)
+    args[which % len(args)] = mutate(args[which % len(args)], how, np.random.default_rng(how))
+    try:
+        getattr(kernels, kernel)(*args)
+    except ValueError as exc:
+        assert kernel in str(exc) or "n_head" in str(exc) or "step" in str(exc), str(exc)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_valid_kernel_arguments_run(backend, kernel, dtype):
+    getattr(kernels, kernel)(*valid_args(kernel, dtype))
+
+
+def test_nan_weights_make_the_loss_not_finite(backend):
+    model = GPT(GPTConfig(vocab_size=5, n_ctx=4, n_embd=4, n_head=2, n_layer=1))
+    model.params["h.0.mlp.c_fc.weight"][0, 0] = np.nan
+    loss, _ = model.loss_and_grads(np.array([[1, 2, 3]]), np.array([[2, 3, 4]]))
+    assert not np.isfinite(loss)  # the training loop turns this into "loss is not finite at step N"
+
+
+# tokenizer files ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tokenizer_files(tmp_path_factory):
+    text = "the quick brown fox jumps over the lazy dog, 日本語も。"
+    made = {}
+    for tok in (CharTokenizer.train(text), WordTokenizer.train(text), BPETokenizer.train(text * 3, 280)):
+        path = tmp_path_factory.mktemp(tok.kind) / "tokenizer.json"
+        tok.save(path)
+        made[tok.kind] = path.read_bytes()
+    return made
+
+
+@FUZZ
+@given(
+    kind=st.sampled_from(["char", "word", "bpe"]),
+    cuts=st.lists(st.tuples(st.integers(0, 10**6), st.binary(max_size=4)), min_size=1, max_size=4),
+)
+def test_damaged_tokenizer_files_give_one_clear_error(tmp_path, tokenizer_files, kind, cuts):
+    data = bytearray(tokenizer_files[kind])
+    for pos, junk in cuts:
+        pos %= len(data)
+        data[pos : pos + len(junk)] = junk
+    path = tmp_path / "tokenizer.json"
+    path.write_bytes(bytes(data))
+    try:
+        tok = load_tokenizer(path)
+    except TokenizerError as exc:
+        assert "\n" not in str(exc)
+        return
+    tok.decode(tok.encode("the fox"[: tok.vocab_size]))  # what loaded must work
+
+
+# checkpoints ---------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def checkpoint_bytes(tmp_path_factory):
+    path = tmp_path_factory.mktemp("ckpt")
+    GPT(GPTConfig(vocab_size=11, n_ctx=6, n_embd=8, n_head=2, n_layer=1), seed=0).save_pretrained(path)
+    return (path / "config.json").read_bytes(), (path / "model.safetensors").read_bytes()
+
+
+def write_checkpoint(path, config: bytes, weights: bytes):
+    (path / "config.json").write_bytes(config)
+    (path / "model.safetensors").write_bytes(weights)
+
+
+@FUZZ
+@given(
+    flips=st.lists(st.tuples(st.integers(0, 10**6), st.integers(0, 7)), min_size=1, max_size=6),
+    truncate=st.one_of(st.none(), st.integers(0, 10**6)),
+)
+def test_bit_flipped_or_truncated_weights(tmp_path, checkpoint_bytes, flips, truncate):
+    config, weights = checkpoint_bytes
+    data = bytearray(weights)
+    for pos, bit in flips:
+        data[pos % len(data)] ^= 1 << bit
+    if truncate is not None:
+        data = data[: truncate % len(data)]
+    write_checkpoint(tmp_path, config, bytes(data))
+    try:
+        GPT.from_pretrained(tmp_path)  # a flip inside the tensor data loads: other weights, valid file
+    except CheckpointError as exc:
+        assert "\n" not in str(exc)
+
+
+@FUZZ
+@given(
+    key=st.sampled_from(["vocab_size", "n_positions", "n_embd", "n_head", "n_layer", "layer_norm_epsilon"]),
+    value=st.one_of(
+        st.integers(-(10**12), 10**12),
+        st.floats(allow_nan=True),
+        st.text(max_size=5),
+        st.none(),
+        st.lists(st.integers(), max_size=2),
+    ),
+)
+def test_absurd_config_values(tmp_path, checkpoint_bytes, key, value):
+    config, weights = checkpoint_bytes
+    raw = json.loads(config)
+    raw[key] = value
+    write_checkpoint(tmp_path, json.dumps(raw).encode(), weights)
+    tracemalloc.start()
+    try:
+        GPT.from_pretrained(tmp_path)
+    except CheckpointError as exc:
+        assert "\n" not in str(exc)
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    assert peak < 50 * 2**20  # nothing absurd was allocated
+
+
+def test_oversized_header_and_enormous_claimed_tensor(tmp_path, checkpoint_bytes):
+    config, weights = checkpoint_bytes
+    write_checkpoint(tmp_path, config, struct.pack("<Q", 2**60) + weights[8:])
+    with pytest.raises(CheckpointError, match="not a valid safetensors file"):
+        GPT.from_pretrained(tmp_path)
+    # a header that claims a vocabulary of 10^9 rows, in a file of a few kilobytes
+    raw = json.loads(config)
+    raw["vocab_size"] = 10**9
+    header = json.dumps(
+        {"transformer.wte.weight": {"dtype": "F32", "shape": [10**9, 8], "data_offsets": [0, 32 * 10**9]}}
+    )
+    body = header.encode() + b" " * (-len(header) % 8)
+    write_checkpoint(tmp_path, json.dumps(raw).encode(), struct.pack("<Q", len(body)) + body + b"\0" * 64)
+    tracemalloc.start()
+    with pytest.raises(CheckpointError):
+        GPT.from_pretrained(tmp_path)
+    assert tracemalloc.get_traced_memory()[1] < 50 * 2**20
+    tracemalloc.stop()
+
+
+# the command line ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model")
+    tok = CharTokenizer.train("hello world")
+    GPT(GPTConfig(vocab_size=tok.vocab_size, n_ctx=8, n_embd=8, n_head=2, n_layer=1)).save_pretrained(path)
+    tok.save(path)
+    return path
+
+
+CLI_CASES = [
+    # (arguments, fragment of the one error line); {m} is a model directory, {d} a directory
+    (["train"], "the following arguments are required"),
+    (["train", "--data", "{d}", "--out", "{d}/o"], "is a directory"),
+    (["train", "--data", "/no/such/file", "--out", "{d}/o"], "does not exist"),
+    (["train", "--data", "{d}", "--out", "{d}/o", "--n-layer", "two"], "--n-layer: must be a positive integer"),
+    (["train", "--data", "{d}", "--out", "{d}/o", "--lr", "-1"], "--lr: must be a number >= 0"),
+    (["train", "--data", "{d}", "--out", "{d}/o", "--eval-interval", "0"], "--eval-interval: must be a positive"),
+    (["train", "--data", "{d}", "--out", "{d}/o", "--beta2", "1.5"], "must be below 1"),
+    (["train", "--data", "{d}", "--out", "{d}/o", "--min-lr", "1", "--lr", "0.1"], "--min-lr 1.0 is above --lr 0.1"),
+    (["generate", "--model", "{m}"], "required: --prompt"),
+    (["generate", "--model", "{d}", "--prompt", "x"], "config.json does not exist"),
+    (["generate", "--model", "{m}", "--prompt", "x", "--temperature", "hot"], "--temperature: must be a number"),
+    (["generate", "--model", "{m}", "--prompt", "x", "--top-k", "0"], "--top-k: must be a positive integer"),
+    (["generate", "--model", "{m}", "--prompt", "zzz"], "'z' is not in this tokenizer's vocabulary"),
+    (["chat"], "required: --model"),
+    (["chat", "--model", "/no/such/dir"], "not a checkpoint directory"),
+    (["chat", "--model", "{m}", "--show-probs", "-3"], "--show-probs: must be an integer >= 0"),
+    (["inspect", "--model", "{m}"], "--prompt is needed"),
+    (["inspect", "--model", "{m}", "--prompt", "hello", "--layer", "-1"], "--layer: must be an integer >= 0"),
+    (["inspect", "--model", "{m}", "--embeddings", "--data", "/no/such/file"], "does not exist"),
+    (["bench", "--config", "huge"], "invalid choice: 'huge'"),
+    (["bench", "--steps", "0"], "--steps: must be a positive integer"),
+    (["en", "--data", "{d}"], "is a directory"),
+    (["en", "--max-new-tokens", "0"], "--max-new-tokens: must be a positive integer"),
+    (["en", "--top-p", "0"], "--top-p: must be a number in (0, 1]"),
+    (["xx"], "invalid choice: 'xx'"),
+]
+
+
+@pytest.mark.parametrize("args, fragment", CLI_CASES, ids=[" ".join(a) for a, _ in CLI_CASES])
+def test_bad_command_lines(tmp_path, model_dir, args, fragment):
+    args = [a.replace("{m}", str(model_dir)).replace("{d}", str(tmp_path)) for a in args]
+    assert_one_line_error(run_cli(*args), "error:", fragment)
