@@ -274,6 +274,7 @@ def kernel_cases(b: Bench, dtype=np.float32) -> dict[str, Callable[[], None]]:
     )
     scores = r(B, NH, T, T)
     h, logits, targets = r(N, 4 * C), r(N, V), rng.integers(0, V, N)
+    th = np.tanh(h)
     losses, lse = np.empty(N, dtype), np.empty(N, dtype)
     n = sum(int(np.prod(s)) for s in c.shapes().values())
     p, g, m, v = r(n), r(n), r(n), np.abs(r(n))
@@ -289,8 +290,8 @@ def kernel_cases(b: Bench, dtype=np.float32) -> dict[str, Callable[[], None]]:
         "attention_forward": lambda: K.attention_forward(out, att, qkv, NH, None),
         "attention_backward": lambda: K.attention_backward(dqkv, datt, out, qkv, att, NH, None),
         "softmax_forward": lambda: K.softmax_forward(logits.copy(), logits),
-        "gelu_forward": lambda: K.gelu_forward(h.copy(), h),
-        "gelu_backward": lambda: K.gelu_backward(h.copy(), h, h),
+        "gelu_forward": lambda: K.gelu_forward(h.copy(), th, h),
+        "gelu_backward": lambda: K.gelu_backward(h.copy(), h, th, h),
         "crossentropy_forward": lambda: K.crossentropy_forward(losses, lse, logits, targets),
         "crossentropy_backward": lambda: K.crossentropy_backward(logits.copy(), logits, lse, targets, 1.0 / N),
         "adamw_update": lambda: K.adamw_update(p, g, m, v, 1e-9, 0.9, 0.95, 1e-8, 0.1, 1),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -73,11 +74,11 @@ def load(directory: str | os.PathLike, dtype=np.float32) -> GPT:
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
-    expected = cfg.shapes()
     try:
         with safe_open(str(path), framework="numpy") as f:
             header = {key: (f.get_slice(key).get_dtype(), tuple(f.get_slice(key).get_shape())) for key in f.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
-            names = _match_names(header, expected, path)
+            _check_layer_count(header, cfg.n_layer, path)  # before listing n_layer layers' names
+            names = _match_names(header, cfg.shapes(), path)
             model = GPT(cfg, dtype=dtype)  # only now, with every shape known to be right
             raw = dict(deserialize(path.read_bytes())) if any(d == "BF16" for d, _ in header.values()) else {}
             for name, key in names.items():
@@ -94,6 +95,12 @@ def load(directory: str | os.PathLike, dtype=np.float32) -> GPT:
     except (OSError, MemoryError) as exc:
         raise CheckpointError(f"cannot read {path}: {exc}") from None
     return model
+
+
+def _check_layer_count(header: dict, n_layer: int, path: Path) -> None:
+    layers = {int(m.group(1)) for key in header if (m := re.match(r"(?:transformer\.)?h\.(\d+)\.", key))}
+    if len(layers) != n_layer:
+        raise CheckpointError(f"{path} holds {len(layers)} layers but {CONFIG_FILE} says n_layer {n_layer}")
 
 
 def _match_names(header: dict[str, tuple[str, tuple]], expected: dict[str, tuple], path: Path) -> dict[str, str]:

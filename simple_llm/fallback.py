@@ -98,16 +98,19 @@ def attention_softmax_backward(datt, att, scale):
 # GELU, tanh approximation
 
 
-def gelu_forward(out, inp):
-    """out = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) over flat arrays; out may be inp."""
-    x = inp.astype(np.float64)
-    out[...] = 0.5 * x * (1.0 + np.tanh(GELU_SCALE * (x + GELU_CUBIC * x**3)))
-
-
-def gelu_backward(dinp, inp, dout):
-    """dinp = gelu'(inp) * dout over flat arrays; dinp may be dout itself."""
+def gelu_forward(out, tanh_u, inp):
+    """out = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), over flat arrays; tanh_u saves
+    tanh(u). out may be inp."""
     x = inp.astype(np.float64)
     th = np.tanh(GELU_SCALE * (x + GELU_CUBIC * x**3))
+    tanh_u[...] = th
+    out[...] = 0.5 * x * (1.0 + th)
+
+
+def gelu_backward(dinp, inp, tanh_u, dout):
+    """dinp = gelu'(inp) * dout over flat arrays, from the saved tanh(u); dinp may be dout."""
+    x = inp.astype(np.float64)
+    th = tanh_u.astype(np.float64)
     local = 0.5 * (1.0 + th) + 0.5 * x * (1.0 - th * th) * GELU_SCALE * (1.0 + 3.0 * GELU_CUBIC * x * x)
     dinp[...] = local * dout
 

@@ -318,22 +318,23 @@ def _checked_array(fn: str, name: str, a: Any) -> np.ndarray:
 # GELU --------------------------------------------------------------------------------------------
 
 
-def gelu_forward(out, inp):
-    """out = GELU(inp), tanh approximation, elementwise; any shape, out may be inp."""
+def gelu_forward(out, tanh_u, inp):
+    """out = GELU(inp), tanh approximation, elementwise, any shape; tanh_u (same shape) saves the tanh
+    for the backward. out may be inp."""
     fn = "gelu_forward"
     dt = _float_dtype(fn, "inp", inp)
-    _check(fn, dt, out=(out, inp.shape), inp=(inp, inp.shape))
-    _writable(fn, out=out)
-    impl.gelu_forward(out.reshape(-1), inp.reshape(-1))
+    _check(fn, dt, out=(out, inp.shape), tanh_u=(tanh_u, inp.shape), inp=(inp, inp.shape))
+    _writable(fn, out=out, tanh_u=tanh_u)
+    impl.gelu_forward(out.reshape(-1), tanh_u.reshape(-1), inp.reshape(-1))
 
 
-def gelu_backward(dinp, inp, dout):
-    """dinp = GELU'(inp) * dout, elementwise; dinp may be dout."""
+def gelu_backward(dinp, inp, tanh_u, dout):
+    """dinp = GELU'(inp) * dout, elementwise, with the forward's tanh_u; dinp may be dout."""
     fn = "gelu_backward"
     dt = _float_dtype(fn, "inp", inp)
-    _check(fn, dt, dinp=(dinp, inp.shape), inp=(inp, inp.shape), dout=(dout, inp.shape))
+    _check(fn, dt, dinp=(dinp, inp.shape), inp=(inp, inp.shape), tanh_u=(tanh_u, inp.shape), dout=(dout, inp.shape))
     _writable(fn, dinp=dinp)
-    impl.gelu_backward(dinp.reshape(-1), inp.reshape(-1), dout.reshape(-1))
+    impl.gelu_backward(dinp.reshape(-1), inp.reshape(-1), tanh_u.reshape(-1), dout.reshape(-1))
 
 
 # cross-entropy -----------------------------------------------------------------------------------

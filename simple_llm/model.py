@@ -109,12 +109,12 @@ class MLP:
 
     def forward(self, out, a: LayerActivations, x):
         self.c_fc.forward(a.fch, x)  # (B, T, 4C)
-        K.gelu_forward(a.fch_gelu, a.fch)  # (B, T, 4C)
+        K.gelu_forward(a.fch_gelu, a.fch_tanh, a.fch)  # (B, T, 4C), saving tanh for the backward
         self.c_proj.forward(out, a.fch_gelu)  # (B, T, C)
 
     def backward(self, dx, dout, a: LayerActivations, x, s: Scratch):
         self.c_proj.backward(s.dfch, dout, a.fch_gelu)  # d fch_gelu (B, T, 4C)
-        K.gelu_backward(s.dfch, a.fch, s.dfch)  # in place: now d fch
+        K.gelu_backward(s.dfch, a.fch, a.fch_tanh, s.dfch)  # in place: now d fch
         self.c_fc.backward(dx, s.dfch, x)
 
 
@@ -199,6 +199,7 @@ class LayerActivations:
         self.ln2_mean = np.empty(B * Tq, dtype)
         self.ln2_rstd = np.empty(B * Tq, dtype)
         self.fch = np.empty((B, Tq, 4 * C), dtype)  # c_fc(ln2)
+        self.fch_tanh = np.empty((B, Tq, 4 * C), dtype)  # the tanh inside gelu, saved for its backward
         self.fch_gelu = np.empty((B, Tq, 4 * C), dtype)  # gelu(fch)
         # dropout keep-masks, scaled by 1 / (1 - p); None when dropout is off
         self.att_mask = np.empty((B, NH, Tq, Tq), dtype) if dropout else None

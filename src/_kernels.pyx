@@ -287,47 +287,48 @@ cdef inline floating _tanh(floating u) noexcept nogil:
     return th if u >= 0 else -th
 
 
-cdef void _gelu_forward_span(floating* out, const floating* inp, Py_ssize_t n) noexcept nogil:
+cdef void _gelu_forward_span(floating* out, floating* th, const floating* inp, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating x, half = 0.5, one = 1, s = GELU_SCALE, a = GELU_CUBIC
     for i in range(n):
         x = inp[i]
-        out[i] = half * x * (one + _tanh(s * (x + a * x * x * x)))
+        th[i] = _tanh(s * (x + a * x * x * x))
+        out[i] = half * x * (one + th[i])
 
 
-cdef void _gelu_backward_span(floating* dinp, const floating* inp, const floating* dout,
+cdef void _gelu_backward_span(floating* dinp, const floating* inp, const floating* th, const floating* dout,
                               Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
-    cdef floating x, th, half = 0.5, one = 1, three = 3, s = GELU_SCALE, a = GELU_CUBIC
+    cdef floating x, half = 0.5, one = 1, three = 3, s = GELU_SCALE, a = GELU_CUBIC
     for i in range(n):
         x = inp[i]
-        th = _tanh(s * (x + a * x * x * x))
-        dinp[i] = dout[i] * (half * (one + th) + half * x * (one - th * th) * s * (one + three * a * x * x))
+        dinp[i] = dout[i] * (half * (one + th[i]) + half * x * (one - th[i] * th[i]) * s * (one + three * a * x * x))
 
 
-def gelu_forward(floating[::1] out, const floating[::1] inp):
-    """out = 0.5 * x * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3))), elementwise over flat arrays.
-
-    out may be inp itself.
+def gelu_forward(floating[::1] out, floating[::1] tanh_u, const floating[::1] inp):
+    """out = 0.5 * x * (1 + tanh(u)), u = sqrt(2/pi) * (x + 0.044715 x^3), elementwise over flat
+    arrays; tanh_u saves tanh(u) for the backward. out may be inp itself.
     """
     cdef Py_ssize_t n = inp.shape[0], c, start
     for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static',
                     use_threads_if=n > PARALLEL_MIN_WORK):
         start = c * CHUNK
-        _gelu_forward_span(&out[start], &inp[start], min(CHUNK, n - start))
+        _gelu_forward_span(&out[start], &tanh_u[start], &inp[start], min(CHUNK, n - start))
 
 
-def gelu_backward(floating[::1] dinp, const floating[::1] inp, const floating[::1] dout):
+def gelu_backward(floating[::1] dinp, const floating[::1] inp, const floating[::1] tanh_u,
+                  const floating[::1] dout):
     """dinp = gelu'(inp) * dout, elementwise over flat arrays; dinp may be dout itself.
 
     forward was: out = 0.5 x (1 + tanh(u)), u = s (x + a x^3), so
         gelu'(x) = 0.5 (1 + tanh(u)) + 0.5 x (1 - tanh(u)^2) s (1 + 3 a x^2)
+    with tanh(u) saved by the forward: no exp here.
     """
     cdef Py_ssize_t n = inp.shape[0], c, start
     for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static',
                     use_threads_if=n > PARALLEL_MIN_WORK):
         start = c * CHUNK
-        _gelu_backward_span(&dinp[start], &inp[start], &dout[start], min(CHUNK, n - start))
+        _gelu_backward_span(&dinp[start], &inp[start], &tanh_u[start], &dout[start], min(CHUNK, n - start))
 
 
 # ----------------------------------------------------------------------------------------------

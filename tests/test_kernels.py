@@ -132,9 +132,11 @@ def test_softmax_forward_in_place_and_extreme(backend, dtype):
 
 def test_gelu_forward_formula(backend, dtype):
     x = rand(B, T, 4 * C, dtype=dtype, scale=4)
-    out = np.zeros_like(x)
-    kernels.gelu_forward(out, x)
+    out, th = np.zeros_like(x), np.zeros_like(x)
+    kernels.gelu_forward(out, th, x)
     np.testing.assert_allclose(out, ref_gelu(x.astype(np.float64)), **TOL[dtype])
+    x64 = x.astype(np.float64)
+    np.testing.assert_allclose(th, np.tanh(np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3)), **TOL[dtype])
 
 
 def test_crossentropy_forward_formula(backend, dtype):
@@ -224,16 +226,18 @@ def test_attention_backward_numeric(backend, dropout):
 def test_gelu_backward_numeric(backend):
     x = rand(3, 40, scale=3)
     R = rand(3, 40, seed=1)
-    out = np.zeros_like(x)
+    out, th = np.zeros_like(x), np.zeros_like(x)
 
     def loss():
-        kernels.gelu_forward(out, x)
+        kernels.gelu_forward(out, th, x)
         return float((out * R).sum())
 
+    loss()
+    saved = th.copy()
     dx = np.zeros_like(x)
-    kernels.gelu_backward(dx, x, R)
+    kernels.gelu_backward(dx, x, saved, R)
     assert rel_err(dx, numgrad(loss, x)) < 1e-8
-    kernels.gelu_backward(R, x, R)  # in place: dinp is dout
+    kernels.gelu_backward(R, x, saved, R)  # in place: dinp is dout
     np.testing.assert_allclose(R, dx, rtol=1e-14)
 
 
@@ -302,8 +306,8 @@ def test_compiled_matches_fallback_everywhere(dtype):
     _both("attention_softmax_forward", dtype, rand(B, NH, 2, T, dtype=dtype), 0.5)  # 2 queries of T
     _both("attention_softmax_backward", dtype, rand(B, NH, T, T, dtype=dtype), att, 0.3)
     g = rand(500, dtype=dtype, scale=4)
-    _both("gelu_forward", dtype, np.zeros_like(g), g)
-    _both("gelu_backward", dtype, np.zeros_like(g), g, rand(500, dtype=dtype, seed=1))
+    _, (_, th, _) = _both("gelu_forward", dtype, np.zeros_like(g), np.zeros_like(g), g)
+    _both("gelu_backward", dtype, np.zeros_like(g), g, th, rand(500, dtype=dtype, seed=1))
     logits = rand(N, V, dtype=dtype, scale=3)
     _, (_, lse, *_r) = _both("crossentropy_forward", dtype, np.zeros(N, dtype), np.zeros(N, dtype), logits, targets)
     _both("crossentropy_backward", dtype, np.zeros((N, V), dtype), logits, lse, targets, 0.1)
@@ -347,8 +351,8 @@ def test_compiled_matches_fallback_at_parallel_sizes(dtype):
         rstd,
     )
     g = rand(N * 4 * Cc, dtype=dtype, scale=4)
-    _both("gelu_forward", dtype, np.zeros_like(g), g)
-    _both("gelu_backward", dtype, np.zeros_like(g), g, rand(N * 4 * Cc, dtype=dtype, seed=5))
+    _, (_, th, _) = _both("gelu_forward", dtype, np.zeros_like(g), np.zeros_like(g), g)
+    _both("gelu_backward", dtype, np.zeros_like(g), g, th, rand(N * 4 * Cc, dtype=dtype, seed=5))
     logits = rand(N, 512, dtype=dtype, scale=3)
     targets = np.random.default_rng(0).integers(0, 512, N)
     _, (_, lse, *_r) = _both("crossentropy_forward", dtype, np.zeros(N, dtype), np.zeros(N, dtype), logits, targets)
