@@ -262,18 +262,44 @@ class BPETokenizer(ByteLevelBPE):
         return "\n".join(lines)
 
 
+def merge_word(word: list[int], a: int, b: int, new_id: int) -> tuple[list[int], list[int]]:
+    """word with each (a, b) replaced by new_id, left to right, and where they were (in word).
+
+    >>> merge_word([1, 1, 1, 2, 1, 1], 1, 1, 9)
+    ([9, 1, 2, 9], [0, 4])
+    """
+    out: list[int] = []
+    sites: list[int] = []
+    i, last = 0, len(word) - 1
+    while i < last:
+        try:
+            j = word.index(a, i, last)  # the next a that has a right neighbour, found at C speed
+        except ValueError:
+            break
+        if word[j + 1] == b:
+            out += word[i:j]
+            out.append(new_id)
+            sites.append(j)
+            i = j + 2
+        else:
+            out += word[i : j + 1]
+            i = j + 1
+    out += word[i:]
+    return out, sites
+
+
 def learn_merges(words: list[list[int]], counts: list[int], n_merges: int) -> list[tuple[int, int]]:
     """The BPE merges of a corpus given as unique words (lists of token ids) and their counts.
 
-    Pair counts are taken once; each merge then changes only the counts of the words that contain
-    the merged pair, and a heap (with stale entries skipped) finds the next most frequent pair. Ties go
-    to the smallest pair of ids, so training is deterministic.
+    Pair counts are taken once; each merge then changes only the counts of the pairs around its
+    sites, in the words that contain the merged pair, and a heap (with stale entries skipped) finds
+    the next most frequent pair. Ties go to the smallest pair of ids, so training is deterministic.
 
     >>> learn_merges([[1, 2, 3, 1, 2]], [1], 1)  # (1, 2) occurs twice
     [(1, 2)]
     """
     pair_counts: Counter[tuple[int, int]] = Counter()
-    where: dict[tuple[int, int], set[int]] = {}
+    where: dict[tuple[int, int], set[int]] = {}  # pair -> words that hold it (or once did)
     for wi, (word, count) in enumerate(zip(words, counts)):
         for pair in pairwise(word):
             pair_counts[pair] += count
@@ -294,21 +320,15 @@ def learn_merges(words: list[list[int]], counts: list[int], n_merges: int) -> li
         delta: Counter[tuple[int, int]] = Counter()
         for wi in where.pop(pair):
             word, count = words[wi], counts[wi]
-            if len(word) < 2:
-                continue
-            merged, i = [], 0
-            while i < len(word):
-                if i + 1 < len(word) and word[i] == a and word[i + 1] == b:
-                    merged.append(new_id)
-                    i += 2
-                else:
-                    merged.append(word[i])
-                    i += 1
-            if len(merged) == len(word):
+            merged, sites = merge_word(word, a, b, new_id)
+            if not sites:
                 continue  # a stale index: the pair no longer occurs in this word
-            for p in pairwise(word):
-                delta[p] -= count
-            for p in pairwise(merged):
+            # the pairs that touched a merged site are gone ...
+            for j in {j for s in sites for j in (s - 1, s, s + 1) if 0 <= j < len(word) - 1}:
+                delta[word[j], word[j + 1]] -= count
+            # ... and the new token pairs with its neighbours (site k moved k places left)
+            for j in {j for k, s in enumerate(sites) for j in (s - k - 1, s - k) if 0 <= j < len(merged) - 1}:
+                p = (merged[j], merged[j + 1])
                 delta[p] += count
                 where.setdefault(p, set()).add(wi)
             words[wi] = merged

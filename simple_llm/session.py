@@ -37,7 +37,11 @@ class Settings:
 
 
 def bar(p: float, width: int = 10) -> str:
-    """A horizontal bar of p * width cells, in eighths: bar(0.82) == '████████▏'."""
+    """A horizontal bar of p * width cells, in eighths.
+
+    >>> bar(0.82)
+    '████████▏'
+    """
     eighths = int(p * width * 8)  # truncated, as in the docs: 0.82 shows 8 cells and one eighth
     return "█" * (eighths // 8) + EIGHTHS[eighths % 8].strip()
 

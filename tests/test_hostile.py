@@ -142,7 +142,7 @@ def test_damaged_tokenizer_files_give_one_clear_error(tmp_path, tokenizer_files,
     except TokenizerError as exc:
         assert "\n" not in str(exc)
         return
-    tok.decode(tok.encode("the fox"[: tok.vocab_size]))  # what loaded must work
+    assert isinstance(tok.decode(range(tok.vocab_size)), str)  # what loaded is a working tokenizer
 
 
 # checkpoints ---------------------------------------------------------------------------------------
