@@ -15,14 +15,14 @@ on the same weights and threads, when transformers is installed. Each figure is 
 from __future__ import annotations
 
 import shutil
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+
+from simple_llm.bench import hf_generate_tokens_per_s, median_time
 
 MEASURE_RSS = """
 import sys
@@ -45,15 +45,6 @@ def make_checkpoint(path: Path) -> None:
     GPT(GPTConfig(), seed=0).save_pretrained(path)  # GPTConfig() is GPT-2 124M
 
 
-def median_seconds(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def reference_model(path: Path, threads: int):
     """transformers' GPT2LMHeadModel on the same weights, or None when it is not installed."""
     try:
@@ -69,29 +60,13 @@ def speed_line(model, ref, positions: int) -> str:
     """Tokens/s to grow a 1-token prompt to `positions` with the cache; without it, the last 8 tokens
     before `positions`, each recomputing everything before it (all of them would take hours)."""
     new = positions - 1
-    cached = new / median_seconds(lambda: model.generate(np.zeros((1, 1), dtype=np.int64), new), 1)
+    cached = new / median_time(lambda: model.generate(np.zeros((1, 1), dtype=np.int64), new), 1)
     prompt = np.zeros((1, positions - 8), dtype=np.int64)
-    uncached = 8 / median_seconds(lambda: model.generate(prompt, 8, use_cache=False), 1)
+    uncached = 8 / median_time(lambda: model.generate(prompt, 8, use_cache=False), 1)
     line = f"{positions:5} positions: with cache {cached:7.1f} tokens/s, without {uncached:6.2f} tokens/s"
     if ref is None:
         return line
-    import torch
-
-    start = torch.zeros((1, 1), dtype=torch.long)
-
-    def hf():
-        with torch.no_grad():
-            ref.generate(
-                start,
-                max_new_tokens=new,
-                min_new_tokens=new,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=0,
-                attention_mask=torch.ones_like(start),
-            )
-
-    ref_tps = new / median_seconds(hf, 1)
+    ref_tps = hf_generate_tokens_per_s(ref, new, repeats=1)
     return f"{line}; transformers {ref_tps:7.1f} tokens/s (cache), ours {cached / ref_tps:.1f}x"
 
 

@@ -209,6 +209,13 @@ def transformers_generate(model: GPT, new_tokens: int, threads: int, repeats: in
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         ref = transformers.GPT2LMHeadModel.from_pretrained(tmp).eval()
+    return hf_generate_tokens_per_s(ref, new_tokens, repeats)
+
+
+def hf_generate_tokens_per_s(ref, new_tokens: int, repeats: int = 3) -> float:
+    """Tokens/s of a transformers model's greedy generate(use_cache=True) from a 1-token prompt."""
+    import torch
+
     prompt = torch.zeros((1, 1), dtype=torch.long)
 
     def run():

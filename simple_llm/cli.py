@@ -11,8 +11,8 @@ import argparse
 import importlib
 import os
 import sys
-from collections.abc import Sequence
-from typing import NoReturn
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 from . import __version__
 from .kernels import BACKEND, openmp_threads
@@ -29,45 +29,25 @@ class Parser(argparse.ArgumentParser):
         raise CLIError(message)
 
 
-def positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, not {text!r}")
-    return value
+def _argument_type(parse: Callable[[str], Any], ok: Callable[[Any], bool], must: str) -> Callable[[str], Any]:
+    """An argparse type: parse the text, and say in one line what it must be when it is not."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {must}, not {text!r}")
+        return value
+
+    return convert
 
 
-def nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be an integer >= 0, not {text!r}")
-    return value
-
-
-def nonnegative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0.0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number >= 0, not {text!r}")
-    return value
-
-
-def unit_interval(text: str) -> float:
-    """A number in (0, 1]: top-p."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not 0.0 < value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be a number in (0, 1], not {text!r}")
-    return value
+positive_int = _argument_type(int, lambda v: v > 0, "a positive integer")
+nonnegative_int = _argument_type(int, lambda v: v >= 0, "an integer >= 0")
+nonnegative_float = _argument_type(float, lambda v: 0.0 <= v < float("inf"), "a number >= 0")
+unit_interval = _argument_type(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")  # top-p
 
 
 def add_sampling_flags(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
@@ -96,6 +76,13 @@ def add_sampling_flags(p: argparse.ArgumentParser, max_new_tokens: int) -> None:
         help="sample only among the most likely tokens that together reach probability P",
     )
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument(
+        "--show-probs",
+        type=nonnegative_int,
+        default=0,
+        metavar="K",
+        help="under each generated token, list the K most likely tokens with bars",
+    )
 
 
 # the demo ----------------------------------------------------------------------------------------
@@ -113,13 +100,6 @@ def demo_parser() -> Parser:
     p.add_argument("--epochs", type=positive_int, default=100, help="passes over the data (default 100)")
     p.add_argument("--data", metavar="FILE", help="train on this UTF-8 file instead, one sentence per line")
     add_sampling_flags(p, max_new_tokens=20)
-    p.add_argument(
-        "--show-probs",
-        type=nonnegative_int,
-        default=0,
-        metavar="K",
-        help="under each generated token, list the K most likely tokens with bars",
-    )
     p.add_argument("--version", action="version", version=f"simple_llm {__version__} ({BACKEND} kernels)")
     p.set_defaults(run=run_demo)
     return p

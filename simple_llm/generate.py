@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli import Parser, add_sampling_flags, nonnegative_int
+from .cli import Parser, add_sampling_flags
 from .model import GPT
 from .session import Session, Settings
 from .tokenizers import Tokenizer, load_tokenizer
@@ -54,13 +54,6 @@ def parser(name: str) -> Parser:
     if name == "generate":
         p.add_argument("--prompt", required=True, help="the text to continue")
     add_sampling_flags(p, max_new_tokens=50 if name == "generate" else 100)
-    p.add_argument(
-        "--show-probs",
-        type=nonnegative_int,
-        default=0,
-        metavar="K",
-        help="under each generated token, list the K most likely tokens with bars",
-    )
     p.set_defaults(run=run_generate if name == "generate" else run_chat)
     return p
 

@@ -123,7 +123,7 @@ def _heads(fn: str, C: int, n_head: int) -> None:
 # token + position embedding ----------------------------------------------------------------------
 
 
-def encoder_forward(out, idx, wte, wpe):
+def encoder_forward(out: np.ndarray, idx: np.ndarray, wte: np.ndarray, wpe: np.ndarray) -> None:
     """out (B, T, C) = wte[idx] + wpe[:T]; idx (B, T) int64; wte (V, C); wpe (n_ctx, C)."""
     fn = "encoder_forward"
     dt = _float_dtype(fn, "wte", wte)
@@ -138,7 +138,7 @@ def encoder_forward(out, idx, wte, wpe):
     impl.encoder_forward(out, idx, wte, wpe)
 
 
-def encoder_backward(dwte, dwpe, dout, idx):
+def encoder_backward(dwte: np.ndarray, dwpe: np.ndarray, dout: np.ndarray, idx: np.ndarray) -> None:
     """dwte[idx] += dout; dwpe[:T] += dout summed over the batch."""
     fn = "encoder_backward"
     dt = _float_dtype(fn, "dwte", dwte)
@@ -156,7 +156,15 @@ def encoder_backward(dwte, dwpe, dout, idx):
 # layer norm --------------------------------------------------------------------------------------
 
 
-def layernorm_forward(out, mean, rstd, inp, weight, bias, eps):
+def layernorm_forward(
+    out: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+    inp: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    eps: float,
+) -> None:
     """out (N, C) = (inp - mean) * rstd * weight + bias; mean, rstd (N,) saved."""
     fn = "layernorm_forward"
     dt = _float_dtype(fn, "inp", inp)
@@ -175,7 +183,16 @@ def layernorm_forward(out, mean, rstd, inp, weight, bias, eps):
     impl.layernorm_forward(out, mean, rstd, inp, weight, bias, _number(fn, "eps", eps))
 
 
-def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
+def layernorm_backward(
+    dinp: np.ndarray,
+    dweight: np.ndarray,
+    dbias: np.ndarray,
+    dout: np.ndarray,
+    inp: np.ndarray,
+    weight: np.ndarray,
+    mean: np.ndarray,
+    rstd: np.ndarray,
+) -> None:
     """Adds into dinp (N, C), dweight and dbias (C,)."""
     fn = "layernorm_backward"
     dt = _float_dtype(fn, "inp", inp)
@@ -199,7 +216,7 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
 # softmax -----------------------------------------------------------------------------------------
 
 
-def softmax_forward(probs, logits):
+def softmax_forward(probs: np.ndarray, logits: np.ndarray) -> None:
     """probs (N, V) = softmax of each row of logits (N, V); probs may be logits."""
     fn = "softmax_forward"
     dt = _float_dtype(fn, "logits", logits)
@@ -214,13 +231,13 @@ def softmax_forward(probs, logits):
 # backend does the elementwise chain between them in one pass.
 
 
-def _split_heads(x, n_head):
+def _split_heads(x: np.ndarray, n_head: int) -> np.ndarray:
     """(B, T, C) -> (B, NH, T, hs), a view: head h is channels h*hs .. (h+1)*hs."""
     B, T, C = x.shape
     return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
 
 
-def attention_softmax_forward(att, scale):
+def attention_softmax_forward(att: np.ndarray, scale: float) -> None:
     """In place over att (B, NH, Tq, T): scale, causal mask, softmax; zero after each query."""
     fn = "attention_softmax_forward"
     dt = _float_dtype(fn, "att", att)
@@ -229,7 +246,7 @@ def attention_softmax_forward(att, scale):
     impl.attention_softmax_forward(att, _number(fn, "scale", scale))
 
 
-def attention_softmax_backward(datt, att, scale):
+def attention_softmax_backward(datt: np.ndarray, att: np.ndarray, scale: float) -> None:
     """In place over datt (B, NH, T, T): the gradient of the scores from that of the weights."""
     fn = "attention_softmax_backward"
     dt = _float_dtype(fn, "att", att)
@@ -238,7 +255,9 @@ def attention_softmax_backward(datt, att, scale):
     impl.attention_softmax_backward(datt, att, _number(fn, "scale", scale))
 
 
-def attention_forward(out, att, inp, n_head, mask=None):
+def attention_forward(
+    out: np.ndarray, att: np.ndarray, inp: np.ndarray, n_head: int, mask: np.ndarray | None = None
+) -> None:
     """Causal attention of the last Tq of T positions: out (B, Tq, C), att (B, NH, Tq, T) saved.
 
     inp (B, T, 3C) holds q, k, v (it may be a slice of a key/value cache along time); mask is
@@ -274,7 +293,15 @@ def attention_forward(out, att, inp, n_head, mask=None):
     np.matmul(weights, v, out=_split_heads(out, n_head))  # y = att @ v, heads side by side
 
 
-def attention_backward(dinp, datt, dout, inp, att, n_head, mask=None):
+def attention_backward(
+    dinp: np.ndarray,
+    datt: np.ndarray,
+    dout: np.ndarray,
+    inp: np.ndarray,
+    att: np.ndarray,
+    n_head: int,
+    mask: np.ndarray | None = None,
+) -> None:
     """Writes dinp (B, T, 3C) = (dq, dk, dv); datt (B, NH, T, T) is scratch; dout (B, T, C)."""
     fn = "attention_backward"
     dt = _float_dtype(fn, "inp", inp)
@@ -318,7 +345,7 @@ def _checked_array(fn: str, name: str, a: Any) -> np.ndarray:
 # GELU --------------------------------------------------------------------------------------------
 
 
-def gelu_forward(out, tanh_u, inp):
+def gelu_forward(out: np.ndarray, tanh_u: np.ndarray, inp: np.ndarray) -> None:
     """out = GELU(inp), tanh approximation, elementwise, any shape; tanh_u (same shape) saves the tanh
     for the backward. out may be inp."""
     fn = "gelu_forward"
@@ -328,7 +355,7 @@ def gelu_forward(out, tanh_u, inp):
     impl.gelu_forward(out.reshape(-1), tanh_u.reshape(-1), inp.reshape(-1))
 
 
-def gelu_backward(dinp, inp, tanh_u, dout):
+def gelu_backward(dinp: np.ndarray, inp: np.ndarray, tanh_u: np.ndarray, dout: np.ndarray) -> None:
     """dinp = GELU'(inp) * dout, elementwise, with the forward's tanh_u; dinp may be dout."""
     fn = "gelu_backward"
     dt = _float_dtype(fn, "inp", inp)
@@ -340,7 +367,7 @@ def gelu_backward(dinp, inp, tanh_u, dout):
 # cross-entropy -----------------------------------------------------------------------------------
 
 
-def crossentropy_forward(losses, lse, logits, targets):
+def crossentropy_forward(losses: np.ndarray, lse: np.ndarray, logits: np.ndarray, targets: np.ndarray) -> None:
     """losses (N,) = logsumexp(logits) - logits[target] (0 where target is -1); lse (N,) saved."""
     fn = "crossentropy_forward"
     dt = _float_dtype(fn, "logits", logits)
@@ -352,7 +379,9 @@ def crossentropy_forward(losses, lse, logits, targets):
     impl.crossentropy_forward(losses, lse, logits, targets)
 
 
-def crossentropy_backward(dlogits, logits, lse, targets, dloss):
+def crossentropy_backward(
+    dlogits: np.ndarray, logits: np.ndarray, lse: np.ndarray, targets: np.ndarray, dloss: float
+) -> None:
     """dlogits (N, V) = (softmax(logits) - onehot(target)) * dloss; may be logits itself."""
     fn = "crossentropy_backward"
     dt = _float_dtype(fn, "logits", logits)
@@ -367,7 +396,18 @@ def crossentropy_backward(dlogits, logits, lse, targets, dloss):
 # AdamW -------------------------------------------------------------------------------------------
 
 
-def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step):
+def adamw_update(
+    params: np.ndarray,
+    grads: np.ndarray,
+    m: np.ndarray,
+    v: np.ndarray,
+    lr: float,
+    beta1: float,
+    beta2: float,
+    eps: float,
+    weight_decay: float,
+    step: int,
+) -> None:
     """One torch.optim.AdamW step over flat arrays (n,); step counts from 1."""
     fn = "adamw_update"
     dt = _float_dtype(fn, "params", params)

@@ -11,10 +11,13 @@ B = batch, T = sequence length, C = n_embd, NH = n_head, hs = C / NH, V = vocab_
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+from numpy.typing import ArrayLike, DTypeLike
 
 from . import kernels as K
 from .params import Parameters, gpt2_shapes
@@ -262,7 +265,7 @@ class GPT:
     under the same names. Buffers are allocated once per batch shape and reused.
     """
 
-    def __init__(self, config: GPTConfig, seed: int = 0, dtype=np.float32):
+    def __init__(self, config: GPTConfig, seed: int = 0, dtype: DTypeLike = np.float32):
         if np.dtype(dtype) not in K.FLOAT_DTYPES:
             raise ValueError(f"GPT: dtype must be float32 or float64, not {np.dtype(dtype)}")
         self.config = config
@@ -294,13 +297,13 @@ class GPT:
         return self.params.flat.size
 
     @classmethod
-    def from_pretrained(cls, path, dtype=np.float32) -> GPT:
+    def from_pretrained(cls, path: str | os.PathLike, dtype: DTypeLike = np.float32) -> GPT:
         """Load a Hugging Face GPT-2 checkpoint directory (config.json + model.safetensors)."""
         from .checkpoint import load
 
         return load(path, dtype)
 
-    def save_pretrained(self, path, eos_token_id: int | None = None):
+    def save_pretrained(self, path: str | os.PathLike, eos_token_id: int | None = None) -> Path:
         """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads."""
         from .checkpoint import save
 
@@ -354,64 +357,63 @@ class GPT:
         np.matmul(a.lnf[:, -1:] if last_only else a.lnf, self.params["wte.weight"].T, out=out)
         return a.lnf
 
-    def forward(self, idx) -> np.ndarray:
+    def forward(self, idx: ArrayLike) -> np.ndarray:
         """Logits (B, T, vocab_size) for token ids idx (B, T); a new array, no dropout."""
-        idx = self._check_idx(idx)
-        B, T = idx.shape
+        x = self._check_idx(idx)
+        B, T = x.shape
         a = self._buffer(("eval", B, T), lambda: Activations(self.config, B, T, self.dtype, per_layer=False))
-        self._embed_and_blocks(a, idx, training=False)
+        self._embed_and_blocks(a, x, training=False)
         logits = np.empty((B, T, self.config.vocab_size), self.dtype)
         self._logits(logits, a)
         return logits
 
-    def loss(self, idx, targets) -> float:
+    def loss(self, idx: ArrayLike, targets: ArrayLike) -> float:
         """Mean cross-entropy of predicting targets (B, T) from idx (B, T), no dropout (evaluation).
 
         A target of -1 is not scored."""
-        idx, targets = self._check_pair(idx, targets)
-        logits = self.forward(idx).reshape(-1, self.config.vocab_size)
-        B, T = idx.shape
-        a = self._buffer(("eval", B, T), None)
-        K.crossentropy_forward(a.losses, a.lse, logits, targets.reshape(-1))
-        return float(a.losses.sum(dtype=np.float64) / _n_scored(targets))
+        x, y = self._check_pair(idx, targets)
+        logits = self.forward(x).reshape(-1, self.config.vocab_size)  # (B*T, V)
+        losses, lse = np.empty(len(logits), self.dtype), np.empty(len(logits), self.dtype)
+        K.crossentropy_forward(losses, lse, logits, y.reshape(-1))
+        return float(losses.sum(dtype=np.float64) / _n_scored(y))
 
-    def _check_pair(self, idx, targets):
-        idx, targets = self._check_idx(idx), self._check_idx(targets, "targets")
-        if idx.shape != targets.shape:
-            raise ValueError(f"targets has shape {targets.shape} but idx has {idx.shape}")
-        _n_scored(targets)
-        return idx, targets
+    def _check_pair(self, idx: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+        x, y = self._check_idx(idx), self._check_idx(targets, "targets")
+        if x.shape != y.shape:
+            raise ValueError(f"targets has shape {y.shape} but idx has {x.shape}")
+        _n_scored(y)
+        return x, y
 
     # forward + backward ----------------------------------------------------------------------
 
-    def loss_and_grads(self, idx, targets) -> tuple[float, Parameters]:
+    def loss_and_grads(self, idx: ArrayLike, targets: ArrayLike) -> tuple[float, Parameters]:
         """Mean cross-entropy and its gradient for every parameter (training: dropout is on).
 
         idx, targets (B, T); a target of -1 is not scored. The gradients have the names, shapes and
         dtype of ``params``; they are the model's own buffers (views into ``grads.flat``), which the
         next call overwrites: copy them if you need to keep them.
         """
-        idx, targets = self._check_pair(idx, targets)
+        x, y = self._check_pair(idx, targets)
         cfg, p, g = self.config, self.params, self.grads
-        B, T = idx.shape
+        B, T = x.shape
         a = self._buffer(
             ("train", B, T), lambda: Activations(cfg, B, T, self.dtype, per_layer=True, dropout=cfg.dropout > 0)
         )
         s = self._buffer(("scratch", B, T), lambda: Scratch(cfg, B, T, self.dtype))
         V, C = cfg.vocab_size, cfg.n_embd
         logits = a.logits.reshape(-1, V)  # (B*T, V)
-        targets = targets.reshape(-1)  # (B*T,)
+        y = y.reshape(-1)  # (B*T,)
 
         # forward
-        self._embed_and_blocks(a, idx, training=True)
+        self._embed_and_blocks(a, x, training=True)
         lnf = self._logits(a.logits, a)  # (B, T, C), (B, T, V)
-        K.crossentropy_forward(a.losses, a.lse, logits, targets)
-        n = _n_scored(targets)
+        K.crossentropy_forward(a.losses, a.lse, logits, y)
+        n = _n_scored(y)
         loss = float(a.losses.sum(dtype=np.float64) / n)
 
         # backward, in the reverse order of the forward
         g.flat.fill(0.0)
-        K.crossentropy_backward(logits, logits, a.lse, targets, 1.0 / n)  # logits now hold dlogits
+        K.crossentropy_backward(logits, logits, a.lse, y, 1.0 / n)  # logits now hold dlogits
         # forward was: logits = lnf @ wte^T, so dlnf = dlogits @ wte and dwte = dlogits^T @ lnf
         np.matmul(a.logits, p["wte.weight"], out=s.dln)
         np.matmul(logits.T, lnf.reshape(-1, C), out=g["wte.weight"])
@@ -422,12 +424,12 @@ class GPT:
         if a.emb_drop is not None:
             s.dres *= a.emb_drop
         # forward was: resid[0] = wte[idx] + wpe: scatter-add (wte's gradient also has the output layer's)
-        K.encoder_backward(g["wte.weight"], g["wpe.weight"], s.dres, idx)
+        K.encoder_backward(g["wte.weight"], g["wpe.weight"], s.dres, x)
         return loss, g
 
     # looking inside ------------------------------------------------------------------------
 
-    def trace(self, idx) -> list[tuple[str, np.ndarray]]:
+    def trace(self, idx: ArrayLike) -> list[tuple[str, np.ndarray]]:
         """Every intermediate tensor of an evaluation forward pass over idx (B, T), in order, each
         with the name of the step that made it (copies; the shapes are those of
         docs/PROCESSING_FLOW.md). The attention weights are '...attn.softmax', (B, NH, T, T)."""
@@ -458,7 +460,7 @@ class GPT:
 
     def generate(
         self,
-        idx,
+        idx: ArrayLike,
         max_new_tokens: int = 20,
         temperature: float = 0.0,
         top_k: int | None = None,
@@ -483,7 +485,7 @@ class GPT:
 
     def stream(
         self,
-        idx,
+        idx: ArrayLike,
         max_new_tokens: int = 20,
         temperature: float = 0.0,
         top_k: int | None = None,

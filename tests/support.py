@@ -53,3 +53,22 @@ def assert_one_line_error(proc, *fragments, code=2):
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
     return lines[0]
+
+
+def numgrad(f, x, eps=1e-6):
+    """Central finite differences of the scalar f() with respect to every entry of x (in place)."""
+    g = np.zeros_like(x)
+    for i in np.ndindex(x.shape):
+        old = x[i]
+        x[i] = old + eps
+        up = f()
+        x[i] = old - eps
+        down = f()
+        x[i] = old
+        g[i] = (up - down) / (2 * eps)
+    return g
+
+
+def rel_err(a, b):
+    """|a - b| / (|a| + |b|) over whole tensors."""
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-30))

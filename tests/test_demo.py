@@ -12,7 +12,9 @@ def epoch_losses(stdout, label):
     return [float(x) for x in re.findall(rf"^Epoch \d+: {label} = ([0-9.]+)$", stdout, re.M)]
 
 
-@pytest.mark.parametrize("backend_env", [{}, {"SIMPLE_LLM_PURE_PYTHON": "1"}], ids=["default", "numpy"])
+@pytest.mark.parametrize(
+    "backend_env", [{}, {"SIMPLE_LLM_PURE_PYTHON": "1"}], ids=["installed-kernels", "pure-python-env"]
+)
 def test_english_demo_says_hello_world(backend_env):
     proc = run_cli("en", input_text="Hello\nThe train\nquit\n", env=backend_env)
     assert proc.returncode == 0, proc.stderr
@@ -109,3 +111,26 @@ def test_backend_is_reported_and_switchable():
         env={"SIMPLE_LLM_PURE_PYTHON": "1", "PATH": ""},
     )
     assert pure.stdout.strip() == "numpy"
+
+
+def test_ctrl_c_at_the_prompt_leaves_cleanly():
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simple_llm", "en", "--epochs", "2"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "PYTHONIOENCODING": "utf-8"},
+    )
+    seen = b""
+    while b"Enter a prompt" not in seen:  # the prompt has no newline: read byte by byte
+        byte = proc.stdout.read(1)
+        assert byte, proc.stderr.read()
+        seen += byte
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 0 and b"Traceback" not in stderr, stderr

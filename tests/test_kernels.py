@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from support import TOL, compiled_kernels
+from support import TOL, compiled_kernels, numgrad, rel_err
 
 from simple_llm import fallback, kernels
 
@@ -15,24 +15,6 @@ B, T, C, NH, V = 2, 5, 12, 3, 7
 
 def rand(*shape, dtype=np.float64, seed=0, scale=1.0):
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
-
-
-def numgrad(f, x, eps=1e-6):
-    """Central finite differences of the scalar f() with respect to every entry of x (in place)."""
-    g = np.zeros_like(x)
-    for i in np.ndindex(x.shape):
-        old = x[i]
-        x[i] = old + eps
-        up = f()
-        x[i] = old - eps
-        down = f()
-        x[i] = old
-        g[i] = (up - down) / (2 * eps)
-    return g
-
-
-def rel_err(a, b):
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-30))
 
 
 # direct formulas, written independently of the fallback ------------------------------------------

@@ -8,6 +8,7 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from support import numgrad, rel_err
 
 from simple_llm import GPT, SGD, AdamW, GPTConfig, clip_grad_norm, lr_at
 from simple_llm.params import gpt2_shapes
@@ -71,18 +72,8 @@ def test_every_gradient_matches_finite_differences(backend, dropout):
 
     loss()
     grads = {k: v.copy() for k, v in model.grads.items()}
-    eps = 1e-5
     for name, p in model.params.items():
-        num = np.zeros_like(p)
-        for i in np.ndindex(p.shape):
-            old = p[i]
-            p[i] = old + eps
-            up = loss()
-            p[i] = old - eps
-            down = loss()
-            p[i] = old
-            num[i] = (up - down) / (2 * eps)
-        err = np.linalg.norm(num - grads[name]) / max(np.linalg.norm(num) + np.linalg.norm(grads[name]), 1e-30)
+        err = rel_err(grads[name], numgrad(loss, p, eps=1e-5))
         assert err < 1e-6, (name, err)
         assert np.linalg.norm(grads[name]) > 0, name  # every weight is trained
 
