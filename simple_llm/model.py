@@ -354,7 +354,9 @@ class GPT:
         """out = ln_f(resid[L]) @ wte^T, for every position or only the last: the output layer is
         the token embedding, tied. Returns ln_f's output (B, T, C)."""
         self.ln_f.forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.resid[-1])
-        np.matmul(a.lnf[:, -1:] if last_only else a.lnf, self.params["wte.weight"].T, out=out)
+        C, V = self.config.n_embd, self.config.vocab_size
+        x = a.lnf[:, -1] if last_only else a.lnf.reshape(-1, C)  # one (rows, C) @ (C, V) product
+        np.matmul(x, self.params["wte.weight"].T, out=out.reshape(-1, V))
         return a.lnf
 
     def forward(self, idx: ArrayLike) -> np.ndarray:
@@ -415,7 +417,7 @@ class GPT:
         g.flat.fill(0.0)
         K.crossentropy_backward(logits, logits, a.lse, y, 1.0 / n)  # logits now hold dlogits
         # forward was: logits = lnf @ wte^T, so dlnf = dlogits @ wte and dwte = dlogits^T @ lnf
-        np.matmul(a.logits, p["wte.weight"], out=s.dln)
+        np.matmul(logits, p["wte.weight"], out=s.dln.reshape(-1, C))
         np.matmul(logits.T, lnf.reshape(-1, C), out=g["wte.weight"])
         s.dres.fill(0.0)
         self.ln_f.backward(s.dres, s.dln, a.resid[-1], a.lnf_mean, a.lnf_rstd)
