@@ -58,8 +58,10 @@ def layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd):
     """Backward of layernorm_forward; adds into dinp (the residual stream), dweight and dbias."""
     norm = (inp - mean[:, None]) * rstd[:, None]
     dnorm = dout * weight
-    dbias += dout.sum(axis=0)
-    dweight += (norm * dout).sum(axis=0)
+    # sums down the rows in float64: NumPy adds along axis 0 one row at a time, which in float32
+    # loses accuracy with every row
+    dbias += dout.sum(axis=0, dtype=np.float64)
+    dweight += (norm * dout).sum(axis=0, dtype=np.float64)
     dinp += (dnorm - dnorm.mean(axis=1, keepdims=True) - norm * (dnorm * norm).mean(axis=1, keepdims=True)) * rstd[
         :, None
     ]

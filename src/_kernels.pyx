@@ -36,6 +36,8 @@ cdef extern from *:
 # microseconds, more than the work of a single generated token's layer norm.
 cdef enum:
     PARALLEL_MIN_WORK = 32768
+    LN_COLS = 32  # columns per task of layer norm's parameter gradients: rows stay contiguous
+    LN_ROWS = 64  # rows summed in float32 before their sum goes into a double
     CHUNK = 4096  # elements per task of an elementwise loop: a thread's share, in cache
 # sqrt(2 / pi) and the cubic term's weight: GPT-2's tanh approximation of GELU.
 cdef double GELU_SCALE = 0.7978845608028654
@@ -167,6 +169,40 @@ cdef inline void _layernorm_row_backward(floating* dx, const floating* dout, con
         dx[c] += (w[c] * dout[c] - dnorm_mean - (x[c] - mean) * rstd * dnorm_norm_mean) * rstd
 
 
+cdef void _layernorm_param_grads(floating* dweight, floating* dbias, const floating* dout,
+                                 const floating* x, const floating* mean, const floating* rstd,
+                                 Py_ssize_t N, Py_ssize_t cols, Py_ssize_t stride) noexcept nogil:
+    # dbias[c] += sum_i dout[i, c];  dweight[c] += sum_i norm[i, c] * dout[i, c], for `cols` columns.
+    # Blocks of LN_ROWS rows are summed in the arrays' type (that loop vectorises), the blocks' sums
+    # in double: a plain running sum in float32 would lose accuracy with every row.
+    cdef floating part_w[LN_COLS]
+    cdef floating part_b[LN_COLS]
+    cdef double acc_w[LN_COLS]
+    cdef double acc_b[LN_COLS]
+    cdef Py_ssize_t i, i0, block, c
+    cdef floating d, norm_scale
+    for c in range(cols):
+        acc_w[c] = 0
+        acc_b[c] = 0
+    for block in range((N + LN_ROWS - 1) // LN_ROWS):
+        i0 = block * LN_ROWS
+        for c in range(cols):
+            part_w[c] = 0
+            part_b[c] = 0
+        for i in range(i0, min(i0 + LN_ROWS, N)):
+            norm_scale = rstd[i]
+            for c in range(cols):
+                d = dout[i * stride + c]
+                part_b[c] += d
+                part_w[c] += (x[i * stride + c] - mean[i]) * norm_scale * d
+        for c in range(cols):
+            acc_w[c] += part_w[c]
+            acc_b[c] += part_b[c]
+    for c in range(cols):
+        dbias[c] += <floating>acc_b[c]
+        dweight[c] += <floating>acc_w[c]
+
+
 def layernorm_backward(floating[:, ::1] dinp, floating[::1] dweight, floating[::1] dbias,
                        const floating[:, ::1] dout, const floating[:, ::1] inp,
                        const floating[::1] weight, const floating[::1] mean,
@@ -179,20 +215,15 @@ def layernorm_backward(floating[:, ::1] dinp, floating[::1] dweight, floating[::
     dinp (N, C) is *added to*: the input of a layer norm is the residual stream, whose gradient also
     arrives through the skip connection. dweight, dbias (C,) accumulate.
     """
-    cdef Py_ssize_t N = inp.shape[0], C = inp.shape[1], i, c, c0, c1, cb
-    cdef Py_ssize_t COLS = 32  # columns per task: rows stay contiguous for the vectoriser
+    cdef Py_ssize_t N = inp.shape[0], C = inp.shape[1], i, c0
     cdef bint parallel = N * C > PARALLEL_MIN_WORK
     for i in prange(N, nogil=True, schedule='static', use_threads_if=parallel):
         _layernorm_row_backward(&dinp[i, 0], &dout[i, 0], &inp[i, 0], &weight[0],
                                 mean[i], rstd[i], C)
     # Parameter gradients sum over rows; splitting the columns among threads keeps them race-free.
-    for cb in prange((C + COLS - 1) // COLS, nogil=True, schedule='static', use_threads_if=parallel):
-        c0 = cb * COLS
-        c1 = min(c0 + COLS, C)
-        for i in range(N):
-            for c in range(c0, c1):
-                dbias[c] += dout[i, c]
-                dweight[c] += (inp[i, c] - mean[i]) * rstd[i] * dout[i, c]
+    for c0 in prange(0, C, LN_COLS, nogil=True, schedule='static', use_threads_if=parallel):
+        _layernorm_param_grads(&dweight[c0], &dbias[c0], &dout[0, c0], &inp[0, c0], &mean[0], &rstd[0],
+                               N, min(LN_COLS, C - c0), C)
 
 
 # ----------------------------------------------------------------------------------------------

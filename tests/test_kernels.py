@@ -260,99 +260,52 @@ def _both(name, dtype, *make_args):
     return results
 
 
-def test_compiled_matches_fallback_everywhere(dtype):
-    rng = np.random.default_rng(0)
-    N = B * T
-    idx = rng.integers(0, V, (B, T))
-    targets = rng.integers(-1, V, N)
-    x, w, b = rand(N, C, dtype=dtype), rand(C, dtype=dtype, seed=1), rand(C, dtype=dtype, seed=2)
-    mean, rstd = np.zeros(N, dtype), np.zeros(N, dtype)
-    _both("encoder_forward", dtype, np.zeros((B, T, C), dtype), idx, rand(V, C, dtype=dtype), rand(T, C, dtype=dtype))
-    _both("encoder_backward", dtype, rand(V, C, dtype=dtype), rand(T, C, dtype=dtype), rand(B, T, C, dtype=dtype), idx)
-    _, (_, mean, rstd, *_rest) = _both("layernorm_forward", dtype, np.zeros_like(x), mean, rstd, x, w, b, 1e-5)
-    _both(
-        "layernorm_backward",
-        dtype,
-        rand(N, C, dtype=dtype),
-        rand(C, dtype=dtype),
-        rand(C, dtype=dtype),
-        rand(N, C, dtype=dtype, seed=9),
-        x,
-        w,
-        mean,
-        rstd,
-    )
-    _both("softmax_forward", dtype, np.zeros((N, V), dtype), rand(N, V, dtype=dtype))
-    scores = rand(B, NH, T, T, dtype=dtype, scale=3)
-    _, (att, _) = _both("attention_softmax_forward", dtype, scores, 0.3)
-    _both("attention_softmax_forward", dtype, rand(B, NH, 2, T, dtype=dtype), 0.5)  # 2 queries of T
-    _both("attention_softmax_backward", dtype, rand(B, NH, T, T, dtype=dtype), att, 0.3)
-    g = rand(500, dtype=dtype, scale=4)
-    _, (_, th, _) = _both("gelu_forward", dtype, np.zeros_like(g), np.zeros_like(g), g)
-    _both("gelu_backward", dtype, np.zeros_like(g), g, th, rand(500, dtype=dtype, seed=1))
-    logits = rand(N, V, dtype=dtype, scale=3)
-    _, (_, lse, *_r) = _both("crossentropy_forward", dtype, np.zeros(N, dtype), np.zeros(N, dtype), logits, targets)
-    _both("crossentropy_backward", dtype, np.zeros((N, V), dtype), logits, lse, targets, 0.1)
-    _both(
-        "adamw_update",
-        dtype,
-        rand(300, dtype=dtype),
-        rand(300, dtype=dtype, seed=1),
-        rand(300, dtype=dtype, seed=2),
-        np.abs(rand(300, dtype=dtype, seed=3)),
-        1e-3,
-        0.9,
-        0.95,
-        1e-8,
-        0.1,
-        3,
-    )
+# (B, T, C, NH, V, parameters): tiny, and large enough that every compiled loop runs on several threads
+SIZES = {"small": (2, 5, 12, 3, 7, 300), "threaded": (4, 64, 256, 4, 512, 100_000)}
 
 
-def test_compiled_matches_fallback_at_parallel_sizes(dtype):
-    """Shapes large enough that the compiled loops run on several threads."""
-    Bb, Tt, Cc, nh = 4, 64, 64, 4
-    _, (att, _) = _both("attention_softmax_forward", dtype, rand(Bb, nh, Tt, Tt, dtype=dtype, scale=3), 0.2)
-    _both("attention_softmax_backward", dtype, rand(Bb, nh, Tt, Tt, dtype=dtype), att, 0.2)
+@pytest.mark.parametrize("size", SIZES)
+def test_compiled_matches_fallback(dtype, size):
+    Bb, Tt, Cc, nh, Vv, n = SIZES[size]
     N = Bb * Tt
-    x = rand(N, 4 * Cc, dtype=dtype)
-    w, b = rand(4 * Cc, dtype=dtype, seed=1), rand(4 * Cc, dtype=dtype, seed=2)
+    rng = np.random.default_rng(0)
+    idx, targets = rng.integers(0, Vv, (Bb, Tt)), rng.integers(-1, Vv, N)
+    _both(
+        "encoder_forward",
+        dtype,
+        np.zeros((Bb, Tt, Cc), dtype),
+        idx,
+        rand(Vv, Cc, dtype=dtype),
+        rand(Tt, Cc, dtype=dtype),
+    )
+    _both(
+        "encoder_backward",
+        dtype,
+        rand(Vv, Cc, dtype=dtype),
+        rand(Tt, Cc, dtype=dtype),
+        rand(Bb, Tt, Cc, dtype=dtype),
+        idx,
+    )
+    x, w, b = rand(N, Cc, dtype=dtype), rand(Cc, dtype=dtype, seed=1), rand(Cc, dtype=dtype, seed=2)
     _, (_, mean, rstd, *_r) = _both(
         "layernorm_forward", dtype, np.zeros_like(x), np.zeros(N, dtype), np.zeros(N, dtype), x, w, b, 1e-5
     )
-    _both(
-        "layernorm_backward",
-        dtype,
-        np.zeros_like(x),
-        np.zeros(4 * Cc, dtype),
-        np.zeros(4 * Cc, dtype),
-        rand(N, 4 * Cc, dtype=dtype, seed=3),
-        x,
-        w,
-        mean,
-        rstd,
-    )
+    dout = rand(N, Cc, dtype=dtype, seed=9)
+    _both("layernorm_backward", dtype, rand(N, Cc, dtype=dtype), rand(Cc, dtype=dtype), rand(Cc, dtype=dtype),
+          dout, x, w, mean, rstd)  # fmt: skip
+    _both("softmax_forward", dtype, np.zeros((N, Vv), dtype), rand(N, Vv, dtype=dtype))
+    _, (att, _) = _both("attention_softmax_forward", dtype, rand(Bb, nh, Tt, Tt, dtype=dtype, scale=3), 0.3)
+    _both("attention_softmax_forward", dtype, rand(Bb, nh, 2, Tt, dtype=dtype), 0.5)  # 2 queries of T
+    _both("attention_softmax_backward", dtype, rand(Bb, nh, Tt, Tt, dtype=dtype), att, 0.3)
     g = rand(N * 4 * Cc, dtype=dtype, scale=4)
     _, (_, th, _) = _both("gelu_forward", dtype, np.zeros_like(g), np.zeros_like(g), g)
     _both("gelu_backward", dtype, np.zeros_like(g), g, th, rand(N * 4 * Cc, dtype=dtype, seed=5))
-    logits = rand(N, 512, dtype=dtype, scale=3)
-    targets = np.random.default_rng(0).integers(0, 512, N)
+    logits = rand(N, Vv, dtype=dtype, scale=3)
     _, (_, lse, *_r) = _both("crossentropy_forward", dtype, np.zeros(N, dtype), np.zeros(N, dtype), logits, targets)
     _both("crossentropy_backward", dtype, np.zeros_like(logits), logits, lse, targets, 1.0 / N)
-    _both(
-        "adamw_update",
-        dtype,
-        rand(100000, dtype=dtype),
-        rand(100000, dtype=dtype, seed=1),
-        rand(100000, dtype=dtype, seed=2),
-        np.abs(rand(100000, dtype=dtype, seed=3)),
-        1e-3,
-        0.9,
-        0.95,
-        1e-8,
-        0.1,
-        7,
-    )
+    moments = rand(n, dtype=dtype, seed=2), np.abs(rand(n, dtype=dtype, seed=3))
+    _both("adamw_update", dtype, rand(n, dtype=dtype), rand(n, dtype=dtype, seed=1), *moments,
+          1e-3, 0.9, 0.95, 1e-8, 0.1, 3)  # fmt: skip
 
 
 # the checked interface -----------------------------------------------------------------------------
