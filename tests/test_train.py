@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import os
-import resource
 import signal
 import subprocess
 import sys
@@ -135,6 +134,10 @@ def test_resume_is_bit_for_bit(tmp_path, text_file, dropout, tokenizer):
     assert [int(r["step"]) for r in log] == [15, 20, 30, 40]
 
 
+POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals and resource limits")
+
+
+@POSIX_ONLY
 def test_ctrl_c_saves_and_resumes_to_the_same_weights(tmp_path, text_file):
     many = "1000000"
     common = ["--data", text_file, *TINY, "--lr-decay-steps", many, "--eval-interval", many, "--seed", "1"]
@@ -175,7 +178,10 @@ def test_atomic_path_keeps_the_old_file_on_failure(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["file"]  # no temporary left behind
 
 
+@POSIX_ONLY
 def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(tmp_path, text_file):
+    import resource
+
     out = tmp_path / "run"
     common = ["--data", text_file, "--out", out, *TINY, "--eval-interval", "5"]
     train(*common, "--max-steps", "5")
