@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from simple_llm.bench import hf_generate_tokens_per_s, median_time
+from simple_llm.bench import hf_generator, median_time
 
 MEASURE_RSS = """
 import sys
@@ -66,7 +66,7 @@ def speed_line(model, ref, positions: int) -> str:
     line = f"{positions:5} positions: with cache {cached:7.1f} tokens/s, without {uncached:6.2f} tokens/s"
     if ref is None:
         return line
-    ref_tps = hf_generate_tokens_per_s(ref, new, repeats=1)
+    ref_tps = new / median_time(hf_generator(ref, new), 1)
     return f"{line}; transformers {ref_tps:7.1f} tokens/s (cache), ours {cached / ref_tps:.1f}x"
 
 

@@ -112,11 +112,10 @@ def generation_config(b: Bench) -> GPTConfig:
     )
 
 
-def ours_generate(model: GPT, new_tokens: int, prompt_len: int = 1, use_cache: bool = True, repeats: int = 3) -> float:
-    """Tokens/s of greedy generation after a prompt of prompt_len tokens, batch 1."""
+def ours_generator(model: GPT, new_tokens: int, prompt_len: int = 1, use_cache: bool = True) -> Callable[[], object]:
+    """One greedy generation of new_tokens after a prompt of prompt_len tokens, batch 1."""
     prompt = np.zeros((1, prompt_len), dtype=np.int64)
-    seconds = median_time(lambda: model.generate(prompt, new_tokens, use_cache=use_cache), repeats)
-    return new_tokens / seconds
+    return lambda: model.generate(prompt, new_tokens, use_cache=use_cache)
 
 
 # PyTorch -----------------------------------------------------------------------------------------
@@ -198,8 +197,8 @@ def interleaved(steps_by_name: dict[str, Callable[[], object]], steps: int, roun
     return times
 
 
-def transformers_generate(model: GPT, new_tokens: int, threads: int, repeats: int = 3) -> float:
-    """Tokens/s of transformers' greedy generate(use_cache=True) on the same weights."""
+def transformers_generator(model: GPT, new_tokens: int, threads: int) -> Callable[[], object]:
+    """One greedy generate(use_cache=True) of transformers on the same weights."""
     import tempfile
 
     import torch
@@ -209,11 +208,11 @@ def transformers_generate(model: GPT, new_tokens: int, threads: int, repeats: in
     with tempfile.TemporaryDirectory() as tmp:
         model.save_pretrained(tmp)
         ref = transformers.GPT2LMHeadModel.from_pretrained(tmp).eval()
-    return hf_generate_tokens_per_s(ref, new_tokens, repeats)
+    return hf_generator(ref, new_tokens)
 
 
-def hf_generate_tokens_per_s(ref, new_tokens: int, repeats: int = 3) -> float:
-    """Tokens/s of a transformers model's greedy generate(use_cache=True) from a 1-token prompt."""
+def hf_generator(ref, new_tokens: int) -> Callable[[], object]:
+    """One greedy generate(use_cache=True) of a transformers model from a 1-token prompt."""
     import torch
 
     prompt = torch.zeros((1, 1), dtype=torch.long)
@@ -230,7 +229,7 @@ def hf_generate_tokens_per_s(ref, new_tokens: int, repeats: int = 3) -> float:
                 attention_mask=torch.ones_like(prompt),
             )
 
-    return new_tokens / median_time(run, repeats)
+    return run
 
 
 def have(module: str) -> bool:
@@ -411,18 +410,22 @@ def run(args: argparse.Namespace) -> int:
             print(f"  train    {label:<8} {tps:10.0f} tokens/s  {tps * b.flops_per_token() / 1e9:6.2f} GFLOP/s{ratio}")
         gen_model = GPT(generation_config(b), seed=0)
         gen_tokens = 16 if args.quick else GEN_TOKENS
-        with backend(backends[0][1]):
-            ours = ours_generate(gen_model, gen_tokens)
-        line = (
-            f"  generate {backends[0][0]:<8} {ours:10.0f} tokens/s  (batch 1, 1-token prompt, {gen_tokens} new, cache)"
+        generators = {backends[0][0]: timed(ours_generator(gen_model, gen_tokens), backends[0][1])}
+        if with_hf:
+            generators["hf"] = transformers_generator(gen_model, gen_tokens, threads)
+        # each round: one whole generation per side, so that both meet the same drift
+        times = interleaved(generators, 1, max(rounds, 3))
+        ours_ts = times[backends[0][0]]
+        print(
+            f"  generate {backends[0][0]:<8} {gen_tokens / statistics.median(ours_ts):10.0f} tokens/s  "
+            f"(batch 1, 1-token prompt, {gen_tokens} new, cache)"
         )
         if with_hf:
-            ref = transformers_generate(gen_model, gen_tokens, threads)
-            line += (
-                f"\n  generate {'hf':<8} {ref:10.0f} tokens/s  transformers generate(use_cache=True); "
-                f"ours {ours / ref:.1f}x"
+            gen_ratio = statistics.median(t2 / t1 for t1, t2 in zip(ours_ts, times["hf"]))
+            print(
+                f"  generate {'hf':<8} {gen_tokens / statistics.median(times['hf']):10.0f} tokens/s  "
+                f"transformers generate(use_cache=True); ours {gen_ratio:.1f}x"
             )
-        print(line)
     if len(backends) == 2:
         b = Bench.named("small")
         print("\n[kernels at 'small' sizes, float32] microseconds per call, median")

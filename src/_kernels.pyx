@@ -50,17 +50,20 @@ cdef inline float _expf(float x) noexcept nogil:
     # parts (the first exact in few bits), exp(r) by its Taylor series to r^6 (|r| <= 0.35), and 2^n
     # written straight into the exponent bits. Within 2e-7 relative of exp over float32's range,
     # 0 below -87.3 (where float32 underflows anyway), inf above 88.7, NaN for NaN.
-    cdef float xc = <float>88.7 if x > <float>88.7 else x
-    xc = <float>-87.3 if xc < <float>-87.3 else xc
+    # Every constant is a typed float: a bare literal would be a C double and drag the whole
+    # expression, and the vectorised loop around it, into double precision (half the lanes).
+    cdef float hi = 88.7, lo = -87.3, half = 0.5, one = 1, zero = 0
+    cdef float xc = hi if x > hi else x
+    xc = lo if xc < lo else xc
     cdef float t = xc * <float>1.44269504088896341
-    cdef int32_t n = <int32_t>(t + (<float>0.5 if t >= 0 else <float>-0.5))
+    cdef int32_t n = <int32_t>(t + (half if t >= zero else -half))
     cdef float r = (xc - n * <float>0.693359375) + n * <float>2.12194440e-4
-    cdef float p = 1 + r * (1 + r * (<float>0.5 + r * (<float>(1 / 6.0) + r * (<float>(1 / 24.0)
+    cdef float p = one + r * (one + r * (half + r * (<float>(1 / 6.0) + r * (<float>(1 / 24.0)
                    + r * (<float>(1 / 120.0) + r * <float>(1 / 720.0))))))
     cdef int32_t bits = (n + 127) << 23
     cdef float scale
     memcpy(&scale, &bits, 4)
-    return 0 if x < <float>-87.3 else p * scale
+    return zero if x < lo else p * scale
 
 
 cdef inline floating _exp(floating x) noexcept nogil:
@@ -313,9 +316,10 @@ def attention_softmax_backward(floating[:, :, :, ::1] datt, const floating[:, :,
 
 cdef inline floating _tanh(floating u) noexcept nogil:
     # tanh through one exp (libm's tanh is 3x slower here and never vectorises)
-    cdef floating e = _exp(-2 * (u if u >= 0 else -u))
-    cdef floating th = (1 - e) / (1 + e)
-    return th if u >= 0 else -th
+    cdef floating zero = 0, one = 1, two = 2  # typed: see _expf
+    cdef floating e = _exp(-two * (u if u >= zero else -u))
+    cdef floating th = (one - e) / (one + e)
+    return th if u >= zero else -th
 
 
 cdef void _gelu_forward_span(floating* out, floating* th, const floating* inp, Py_ssize_t n) noexcept nogil:

@@ -1,0 +1,44 @@
+"""`python -m simple_llm bench --quick` runs end to end and prints every figure the issue names.
+
+The figures themselves are not checked (timings are not a test's business); their presence is."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+
+import pytest
+from support import run_cli
+
+NUMBER = r"[0-9]+(?:\.[0-9]+)?"
+
+
+def run_quick(*extra):
+    proc = run_cli("bench", "--quick", "--config", "seed-tiny", *extra, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr
+    return proc.stdout
+
+
+def test_bench_quick_prints_training_generation_and_kernel_figures():
+    out = run_quick("--no-torch")
+    assert re.search(rf"float32 GEMM \(n=1024\): {NUMBER} GFLOP/s", out), out
+    assert re.search(rf"\[seed-tiny\] .* {NUMBER} MFLOP per training token", out), out
+    backends = re.findall(rf"train +(\w+) +{NUMBER} tokens/s +{NUMBER} GFLOP/s", out)
+    assert "numpy" in backends, out
+    assert re.search(rf"generate +\w+ +{NUMBER} tokens/s", out), out
+    assert "PyTorch" not in out  # --no-torch
+    if "cython" in backends:  # the per-kernel table compares compiled with NumPy
+        rows = re.findall(rf"^  (\w+) +{NUMBER} +{NUMBER} +{NUMBER}x$", out, re.M)
+        assert {"gelu_forward", "adamw_update", "attention_softmax_fwd"} <= set(rows), out
+
+
+@pytest.mark.skipif(
+    not (importlib.util.find_spec("torch") and importlib.util.find_spec("transformers")),
+    reason="needs torch and transformers (the reference side of the bench)",
+)
+def test_bench_quick_compares_with_pytorch_and_transformers():
+    out = run_quick()
+    assert re.search(rf"train +\w+ +{NUMBER} tokens/s .*\({NUMBER}x PyTorch\)", out), out
+    assert re.search(rf"train +torch +{NUMBER} tokens/s", out), out
+    assert re.search(rf"generate +hf +{NUMBER} tokens/s .*ours {NUMBER}x", out), out
