@@ -20,9 +20,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
-
-from simple_llm.bench import hf_generator, median_time
+from simple_llm.bench import hf_generator, median_time, ours_generator
 
 MEASURE_RSS = """
 import sys
@@ -60,9 +58,8 @@ def speed_line(model, ref, positions: int) -> str:
     """Tokens/s to grow a 1-token prompt to `positions` with the cache; without it, the last 8 tokens
     before `positions`, each recomputing everything before it (all of them would take hours)."""
     new = positions - 1
-    cached = new / median_time(lambda: model.generate(np.zeros((1, 1), dtype=np.int64), new), 1)
-    prompt = np.zeros((1, positions - 8), dtype=np.int64)
-    uncached = 8 / median_time(lambda: model.generate(prompt, 8, use_cache=False), 1)
+    cached = new / median_time(ours_generator(model, new), 1)
+    uncached = 8 / median_time(ours_generator(model, 8, prompt_len=positions - 8, use_cache=False), 1)
     line = f"{positions:5} positions: with cache {cached:7.1f} tokens/s, without {uncached:6.2f} tokens/s"
     if ref is None:
         return line

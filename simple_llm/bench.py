@@ -347,7 +347,7 @@ def parser(name: str) -> Parser:
         "--rounds",
         type=positive_int,
         default=5,
-        help="rounds of (ours, NumPy, PyTorch) in turn; figures are medians over rounds",
+        help="rounds of the contenders in turn (training, then generation); figures are medians over rounds",
     )
     p.add_argument("--quick", action="store_true", help="a few steps of everything: checks that it runs")
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
@@ -414,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
         if with_hf:
             generators["hf"] = transformers_generator(gen_model, gen_tokens, threads)
         # each round: one whole generation per side, so that both meet the same drift
-        times = interleaved(generators, 1, max(rounds, 3))
+        times = interleaved(generators, 1, rounds)
         ours_ts = times[backends[0][0]]
         print(
             f"  generate {backends[0][0]:<8} {gen_tokens / statistics.median(ours_ts):10.0f} tokens/s  "
