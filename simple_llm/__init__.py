@@ -9,19 +9,13 @@
 
 __version__ = "0.1.0"
 
-import os
-
-# OpenBLAS's worker threads spin after each matrix product; between products our own kernels need
-# those cores (a training step here was 30% slower). OpenBLAS reads this when NumPy first loads, so
-# it takes effect when simple_llm is imported before NumPy (python -m simple_llm always is); a value
-# the user set wins.
-os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
-
 from .bpe import BPETokenizer, GPT2Tokenizer
+from .config import GPTConfig
 from .kernels import BACKEND
-from .model import GPT, GPTConfig
+from .model import GPT
+from .modeldir import load_model, load_tokenizer
 from .optim import SGD, AdamW, clip_grad_norm, lr_at
-from .tokenizers import CharTokenizer, Tokenizer, TokenizerError, WordTokenizer, load_tokenizer
+from .tokenizers import CharTokenizer, Tokenizer, TokenizerError, WordTokenizer
 
 __all__ = [
     "BACKEND",
@@ -36,6 +30,7 @@ __all__ = [
     "TokenizerError",
     "WordTokenizer",
     "clip_grad_norm",
+    "load_model",
     "load_tokenizer",
     "lr_at",
 ]

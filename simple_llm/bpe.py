@@ -376,10 +376,21 @@ class GPT2Tokenizer(ByteLevelBPE):
             raise TokenizerError(f"cannot read GPT-2 vocabulary files: {exc}") from None
         if not isinstance(encoder, dict):
             raise TokenizerError(f"{encoder_json} is not a token -> id mapping")
-        return cls._build(encoder, [m for m in merges if m and not m.startswith("#version")])
+        try:
+            return cls._build(encoder, [m for m in merges if m and not m.startswith("#version")])
+        except TokenizerError as exc:
+            raise TokenizerError(f"{encoder_json} and {vocab_bpe} do not make a GPT-2 tokenizer: {exc}") from None
 
     @classmethod
-    def _build(cls, encoder: dict[str, int], merges: list[str]) -> GPT2Tokenizer:
+    def _build(cls, encoder: Any, merges: Any) -> GPT2Tokenizer:
+        if not isinstance(encoder, dict) or not all(
+            isinstance(i, int) and not isinstance(i, bool) and 0 <= i < 10_000_000 for i in encoder.values()
+        ):
+            raise TokenizerError("the encoder must map each token to an integer id >= 0")
+        if not encoder:
+            raise TokenizerError("the encoder is empty")
+        if not isinstance(merges, list) or not all(isinstance(m, str) and " " in m for m in merges):
+            raise TokenizerError("each merge must be a line of two tokens separated by a space")
         specials = {token: i for token, i in encoder.items() if token == ENDOFTEXT}
         vocab: list[bytes | None] = [None] * (max(encoder.values()) + 1)
         try:
@@ -391,10 +402,16 @@ class GPT2Tokenizer(ByteLevelBPE):
         if any(v is None for i, v in enumerate(vocab) if i not in specials.values()):
             raise TokenizerError("the encoder's ids have gaps")
         ordinary = [v for v in vocab if v is not None]
+        if len(ordinary) < 256 or any(i < len(ordinary) for i in specials.values()):
+            raise TokenizerError("the encoder needs the 256 bytes first, then the merges, then <|endoftext|>")
         # The merge order must agree with the ids, as tiktoken checks: merge k makes token 256 + k.
         for k, line in enumerate(merges[: len(ordinary) - 256]):
             left, _, right = line.partition(" ")
-            if from_printable(left) + from_printable(right) != ordinary[256 + k]:
+            try:
+                made = from_printable(left) + from_printable(right)
+            except ValueError as exc:
+                raise TokenizerError(f"merge {k} ({line!r}) is not byte-level: {exc}") from None
+            if made != ordinary[256 + k]:
                 raise TokenizerError(f"merge {k} ({line!r}) does not make token {256 + k}")
         tok = cls(ordinary, "gpt2", specials)
         tok._encoder, tok._merges = encoder, merges

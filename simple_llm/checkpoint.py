@@ -2,7 +2,9 @@
 
 Loading checks the config, then every tensor's name, shape and dtype from the file's header, before
 it allocates anything; a bad file gives one CheckpointError line that says what is wrong, and no model
-(never a half-loaded one). Saving writes what ``transformers.GPT2LMHeadModel.from_pretrained`` loads.
+(never a half-loaded one). A config that makes transformers compute something other than GPT-2 (another
+activation, other attention scaling, another MLP width, an untied output layer) is refused, naming the
+field. Saving writes what ``transformers.GPT2LMHeadModel.from_pretrained`` loads.
 """
 
 from __future__ import annotations
@@ -10,20 +12,22 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from .config import GPTConfig
 from .fileio import atomic_write_text, write_safetensors
-
-if TYPE_CHECKING:
-    from .model import GPT, GPTConfig
+from .params import Parameters
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 FLOAT_FORMATS = {"F16": np.float16, "BF16": None, "F32": np.float32, "F64": np.float64}
 SKIPPED_SUFFIXES = (".attn.bias", ".attn.masked_bias")  # the causal-mask buffers some files store
+GELU_TANH = ("gelu_new", "gelu_pytorch_tanh")  # transformers' two names for GPT-2's tanh GELU
 
 
 class CheckpointError(ValueError):
@@ -32,8 +36,10 @@ class CheckpointError(ValueError):
 
 def read_config(directory: str | os.PathLike) -> GPTConfig:
     """The GPTConfig of ``directory/config.json`` (GPT-2's key names)."""
-    from .model import GPTConfig
+    return _config(_config_json(directory), Path(directory) / CONFIG_FILE)
 
+
+def _config_json(directory: str | os.PathLike) -> dict[str, Any]:
     path = Path(directory) / CONFIG_FILE
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
@@ -43,13 +49,17 @@ def read_config(directory: str | os.PathLike) -> GPTConfig:
         raise CheckpointError(f"{path} is not a readable JSON file: {exc}") from None
     if not isinstance(raw, dict):
         raise CheckpointError(f"{path} is not a GPT-2 config (not a JSON object)")
+    return raw
+
+
+def _config(raw: dict[str, Any], path: Path) -> GPTConfig:
     if "n_positions" not in raw and "n_ctx" in raw:
         raw["n_positions"] = raw["n_ctx"]
     missing = [k for k in ("vocab_size", "n_positions", "n_embd", "n_head", "n_layer") if k not in raw]
     if missing:
         raise CheckpointError(f"{path} is not a GPT-2 config: it has no {missing[0]}")
     try:
-        return GPTConfig(
+        cfg = GPTConfig(
             vocab_size=raw["vocab_size"],
             n_ctx=raw["n_positions"],
             n_embd=raw["n_embd"],
@@ -59,42 +69,80 @@ def read_config(directory: str | os.PathLike) -> GPTConfig:
         )
     except (TypeError, ValueError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
+    _check_computes_gpt2(raw, cfg, path)
+    return cfg
 
 
-def load(directory: str | os.PathLike, dtype=np.float32) -> GPT:
-    """The model stored in a checkpoint directory, its tensors cast to dtype."""
-    from safetensors import SafetensorError, deserialize, safe_open
+def _check_computes_gpt2(raw: dict[str, Any], cfg: GPTConfig, path: Path) -> None:
+    """Refuse the config fields with which transformers computes a different model from ours."""
+    n_inner = raw.get("n_inner")
+    wrong = {
+        "activation_function": raw.get("activation_function", "gelu_new") not in GELU_TANH,
+        "scale_attn_weights": raw.get("scale_attn_weights", True) is not True,
+        "scale_attn_by_inverse_layer_idx": raw.get("scale_attn_by_inverse_layer_idx", False) is not False,
+        "reorder_and_upcast_attn": raw.get("reorder_and_upcast_attn", False) is not False,
+        "n_inner": n_inner is not None and n_inner != 4 * cfg.n_embd,
+    }
+    for field, differs in wrong.items():
+        if differs:
+            raise CheckpointError(
+                f"{path}: {field} {json.dumps(raw.get(field))} is not supported: simple_llm computes "
+                "GPT-2's own model (gelu_new, attention scaled by 1/sqrt(head size), n_inner 4 * n_embd)"
+            )
 
-    from .model import GPT
 
+def open_checkpoint(directory: str | os.PathLike) -> tuple[GPTConfig, Callable[[Parameters], None]]:
+    """The config of a checkpoint directory, once its config and the header of its weights have
+    passed every check, and a function that reads the weights into Parameters of that config (cast
+    to their dtype)."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a checkpoint directory")
-    cfg = read_config(directory)
+    raw = _config_json(directory)
+    cfg = _config(raw, directory / CONFIG_FILE)
     path = directory / WEIGHTS_FILE
     if not path.is_file():
         raise CheckpointError(f"{path} does not exist")
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            header = {key: (f.get_slice(key).get_dtype(), tuple(f.get_slice(key).get_shape())) for key in f.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
-            _check_layer_count(header, cfg.n_layer, path)  # before listing n_layer layers' names
-            names = _match_names(header, cfg.shapes(), path)
-            model = GPT(cfg, dtype=dtype)  # only now, with every shape known to be right
+    with _reading(path) as f:
+        header = {key: (f.get_slice(key).get_dtype(), tuple(f.get_slice(key).get_shape())) for key in f.keys()}  # noqa: SIM118 (a safetensors handle, not a dict)
+    _check_layer_count(header, cfg.n_layer, path)  # before listing n_layer layers' names
+    names = _match_names(header, cfg.shapes(), path)
+    if raw.get("tie_word_embeddings", True) is not True and "lm_head.weight" not in header:
+        raise CheckpointError(
+            f"{path}: tie_word_embeddings is not true and there is no lm_head.weight; GPT-2's output layer is wte"
+        )
+
+    def read_into(params: Parameters) -> None:
+        from safetensors import deserialize
+
+        with _reading(path) as f:
             raw = dict(deserialize(path.read_bytes())) if any(d == "BF16" for d, _ in header.values()) else {}
             for name, key in names.items():
-                model.params[name] = _read(f, key, header[key][0], raw, dtype)
-            if "lm_head.weight" in header:
-                head = _read(f, "lm_head.weight", header["lm_head.weight"][0], raw, dtype)
-                if not np.allclose(head, model.params["wte.weight"], rtol=1e-3, atol=1e-6):
+                params[name] = _read(f, key, header[key][0], raw, params.flat.dtype)
+            if "lm_head.weight" in header:  # allowed only as an exact copy of wte (tied)
+                head = _read(f, "lm_head.weight", header["lm_head.weight"][0], raw, np.float64)
+                wte = _read(f, names["wte.weight"], header[names["wte.weight"]][0], raw, np.float64)
+                if not np.array_equal(head, wte):
                     raise CheckpointError(
                         f"{path}: lm_head.weight differs from wte.weight; "
                         "only a tied output layer (as GPT-2's) is supported"
                     )
+
+    return cfg, read_into
+
+
+@contextmanager
+def _reading(path: Path) -> Iterator[Any]:
+    """safe_open(path), with the library's and the system's errors as one CheckpointError line."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            yield f
     except SafetensorError as exc:
         raise CheckpointError(f"{path} is not a valid safetensors file: {exc}") from None
     except (OSError, MemoryError) as exc:
         raise CheckpointError(f"cannot read {path}: {exc}") from None
-    return model
 
 
 def _check_layer_count(header: dict, n_layer: int, path: Path) -> None:
@@ -164,11 +212,11 @@ def hf_config(cfg: GPTConfig, eos_token_id: int | None = None) -> dict[str, Any]
     }
 
 
-def save(model: GPT, directory: str | os.PathLike, eos_token_id: int | None = None) -> Path:
+def save(cfg: GPTConfig, params: Parameters, directory: str | os.PathLike, eos_token_id: int | None = None) -> Path:
     """Write config.json + model.safetensors (names as transformers writes them), each atomically."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    tensors = {f"transformer.{name}": np.ascontiguousarray(p) for name, p in model.params.items()}
+    tensors = {f"transformer.{name}": np.ascontiguousarray(p) for name, p in params.items()}
     write_safetensors(directory / WEIGHTS_FILE, tensors, {"format": "pt"})  # transformers insists on "pt"
-    atomic_write_text(directory / CONFIG_FILE, json.dumps(hf_config(model.config, eos_token_id), indent=2) + "\n")
+    atomic_write_text(directory / CONFIG_FILE, json.dumps(hf_config(cfg, eos_token_id), indent=2) + "\n")
     return directory

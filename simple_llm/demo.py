@@ -6,14 +6,20 @@ at ``<eos>``, so a prompt of a sentence's first words gives back the rest of tha
 
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
+from . import __version__
+from .cli_args import Parser, add_sampling_flags, positive_int
+from .config import GPTConfig
 from .fileio import read_text_file
-from .model import GPT, GPTConfig
+from .kernels import BACKEND, openmp_threads
+from .model import GPT
 from .optim import AdamW
+from .session import Session, settings_from
 from .tokenizers import EOS, WordTokenizer
 
 DATA_FILES = {"en": "data_en.txt", "ja": "data.txt"}
@@ -75,3 +81,36 @@ def train_demo(
         if on_epoch:
             on_epoch(epoch, float(np.mean(losses)))
     return model, tok
+
+
+def parser(name: str) -> Parser:
+    p = Parser(
+        prog="simple_llm",
+        description="Train a small GPT-2 on a few sentences, then complete your prompts. "
+        "Other commands: train, generate, chat, inspect, bench (python -m simple_llm CMD --help).",
+    )
+    p.add_argument(
+        "lang", nargs="?", default="ja", choices=["en", "ja"], help="en: data/data_en.txt; ja (default): data/data.txt"
+    )
+    p.add_argument("--epochs", type=positive_int, default=100, help="passes over the data (default 100)")
+    p.add_argument("--data", metavar="FILE", help="train on this UTF-8 file instead, one sentence per line")
+    add_sampling_flags(p, max_new_tokens=20)
+    p.add_argument("--version", action="version", version=f"simple_llm {__version__} ({BACKEND} kernels)")
+    p.set_defaults(run=run)
+    return p
+
+
+def run(args: argparse.Namespace) -> int:
+    path = args.data or data_file(DATA_FILES[args.lang])
+    sentences = load_sentences(path)
+    print(
+        f"Training a small GPT-2 on {len(sentences)} sentences from {path} "
+        f"({BACKEND} kernels, {openmp_threads()} threads)",
+        flush=True,
+    )
+
+    def report(epoch: int, loss: float) -> None:
+        print(EPOCH_LINES[args.lang].format(epoch=epoch, loss=loss), flush=True)
+
+    model, tok = train_demo(sentences, epochs=args.epochs, seed=args.seed, on_epoch=report)
+    return Session(model, tok, settings_from(args)).interact()

@@ -7,7 +7,7 @@ new one.
 from __future__ import annotations
 
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,18 +15,28 @@ from pathlib import Path
 
 @contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces ``path``, on any error it is removed."""
+    """Yield a temporary path to write; on success it replaces ``path``, on any error it is removed.
+
+    The temporary file is created with mode 0666 less the umask, as open() creates any file, and
+    keeps that mode even if the writer recreates it (safetensors writes 0600), so the saved file gets
+    the user's usual permissions."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a saved file follows the umask
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(6)}.tmp"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            break
+        except FileExistsError:  # another writer's name: draw again
+            continue
+    mode = tmp.stat().st_mode & 0o777
     try:
-        yield Path(tmp)
+        yield tmp
+        os.chmod(tmp, mode)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -40,12 +50,6 @@ def write_safetensors(path: str | os.PathLike, tensors: dict, metadata: dict[str
             save_file(tensors, str(tmp), metadata=metadata)
         except SafetensorError as exc:
             raise OSError(f"cannot write {path}: {str(exc).removeprefix('Error while serializing: ')}") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -8,34 +8,10 @@ real ``gpt2`` checkpoint ships.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
-from .cli import Parser, add_sampling_flags
-from .model import GPT
-from .session import Session, Settings
-from .tokenizers import Tokenizer, load_tokenizer
-
-
-def load_model(directory: str | Path) -> tuple[GPT, Tokenizer]:
-    """The model and tokenizer of a model directory; a ValueError says what is missing or wrong."""
-    model = GPT.from_pretrained(directory)
-    tok = load_tokenizer(directory)
-    if tok.vocab_size > model.config.vocab_size:
-        raise ValueError(
-            f"the tokenizer in {directory} has {tok.vocab_size} tokens but the model only {model.config.vocab_size}"
-        )
-    return model, tok
-
-
-def settings_from(args: argparse.Namespace) -> Settings:
-    return Settings(
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        top_k=args.top_k,
-        top_p=args.top_p,
-        seed=args.seed,
-        show_probs=args.show_probs,
-    )
+from .cli_args import Parser, add_sampling_flags
+from .modeldir import load_model
+from .session import Session, settings_from
 
 
 def parser(name: str) -> Parser:

@@ -16,13 +16,20 @@ from collections import Counter
 
 import numpy as np
 
-from .cli import CLIError, Parser, nonnegative_int, positive_int
-from .generate import load_model
+from . import plotting
+from .cli_args import CLIError, Parser, nonnegative_int, positive_int
 from .model import GPT
+from .modeldir import load_model
 from .session import probability_lines, token_label
 from .tokenizers import Tokenizer
 
 PANEL_INCHES, DPI = 3.0, 100  # each heatmap is 300 x 300 pixels, so a grid's size is predictable
+MAX_PANELS = 16  # more than this (GPT-2 has 144 heads) and only one layer is drawn unless --layer says
+HEATMAP_NOTE = (
+    "each panel: rows are queries (the token reading), columns are keys (the tokens it reads); the colour "
+    "is the attention weight, 0 to 1 (colour bar); grey cells are future positions, masked out "
+    "(a causal model cannot look ahead); each row sums to 1"
+)
 
 
 def parser(name: str) -> Parser:
@@ -41,15 +48,11 @@ def parser(name: str) -> Parser:
     return p
 
 
-def pyplot():
+def figure(**kwargs):
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise CLIError("drawing needs matplotlib: pip install 'simple_llm[viz]' (or: pip install matplotlib)") from None
-    return plt
+        return plotting.figure(**kwargs)
+    except ImportError as exc:
+        raise CLIError(str(exc)) from None
 
 
 def prompt_ids(model: GPT, tok: Tokenizer, prompt: str | None) -> np.ndarray:
@@ -87,47 +90,61 @@ def print_trace(model: GPT, tok: Tokenizer, ids: np.ndarray, top: int) -> None:
 
 def draw_attention(model: GPT, tok: Tokenizer, ids: np.ndarray, layers: list[int], heads: list[int], path: str) -> None:
     """A grid of heatmaps, one row per layer and one column per head, each PANEL_INCHES square."""
-    plt = pyplot()
     weights = {name: t for name, t in model.trace(ids) if name.endswith("attn.softmax")}
     labels = [token_label(tok, int(i)) for i in ids[0]]
     T = len(labels)
-    fig, axes = plt.subplots(
-        len(layers), len(heads), squeeze=False, dpi=DPI, figsize=(PANEL_INCHES * len(heads), PANEL_INCHES * len(layers))
-    )
+    fig = figure(dpi=DPI, figsize=(PANEL_INCHES * len(heads), PANEL_INCHES * len(layers)))
+    import matplotlib  # present: figure() needed it
+
+    axes = fig.subplots(len(layers), len(heads), squeeze=False)
     font = max(4.0, min(9.0, 120.0 / T))
+    future = np.triu(np.ones((T, T), dtype=bool), k=1)
+    cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # masked cells: the future
     for r, layer in enumerate(layers):
         att = weights[f"h.{layer}.attn.softmax"][0]  # (NH, T, T)
         for c, head in enumerate(heads):
             ax = axes[r][c]
-            ax.imshow(att[head], vmin=0.0, vmax=1.0, cmap="viridis")
+            image = ax.imshow(np.ma.masked_array(att[head], future), vmin=0.0, vmax=1.0, cmap=cmap)
+            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
             ax.set_title(f"layer {layer}, head {head}", fontsize=9)
             ax.set_xticks(range(T), labels, rotation=90, fontsize=font)
             ax.set_yticks(range(T), labels, fontsize=font)
-            ax.set_xlabel("key", fontsize=8)
+            ax.set_xlabel("key (attended to)", fontsize=8)
             ax.set_ylabel("query", fontsize=8)
-    fig.subplots_adjust(left=0.12, right=0.98, bottom=0.15, top=0.92, wspace=0.5, hspace=0.6)
+    fig.subplots_adjust(left=0.12, right=0.95, bottom=0.15, top=0.92, wspace=0.6, hspace=0.6)
     fig.savefig(path, dpi=DPI)  # no tight bbox: the pixel size stays heads x layers panels
-    plt.close(fig)
 
 
-def embedding_pca(wte: np.ndarray) -> np.ndarray:
-    """(V, C) token embeddings -> (V, 2): the two directions along which they vary most."""
+def embedding_pca(wte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(V, C) token embeddings -> (V, 2), the two directions along which they vary most, and the
+    share of the variance (2,) that each explains."""
     centred = wte.astype(np.float64) - wte.mean(axis=0)
     u, s, _ = np.linalg.svd(centred, full_matrices=False)
-    return u[:, :2] * s[:2]
+    return u[:, :2] * s[:2], s[:2] ** 2 / max(float(np.sum(s**2)), 1e-300)
 
 
-def draw_embeddings(model: GPT, tok: Tokenizer, counts: Counter, n_labels: int, path: str) -> None:
-    plt = pyplot()
-    xy = embedding_pca(model.params["wte.weight"])
-    fig, ax = plt.subplots(figsize=(8, 8), dpi=DPI)
+def draw_embeddings(model: GPT, tok: Tokenizer, counts: Counter, n_labels: int, path: str) -> int:
+    """The PCA scatter with the most frequent tokens labelled, skipping a label that would overlap
+    one already placed; returns how many were labelled."""
+    xy, share = embedding_pca(model.params["wte.weight"])
+    fig = figure(figsize=(8, 8), dpi=DPI)
+    ax = fig.subplots()
     ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.4)
+    span = np.ptp(xy, axis=0) + 1e-12
+    placed: list[np.ndarray] = []
     for token, _ in counts.most_common(n_labels):
-        if token < len(xy):
-            ax.annotate(token_label(tok, token), xy[token], fontsize=8)
-    ax.set_title("token embeddings (wte), first two principal components")
+        if token >= len(xy):
+            continue
+        where = xy[token] / span  # in units of the plot's extent
+        if any(abs(where[0] - p[0]) < 0.06 and abs(where[1] - p[1]) < 0.025 for p in placed):
+            continue
+        placed.append(where)
+        ax.annotate(token_label(tok, token), xy[token], fontsize=8)
+    ax.set_xlabel(f"first principal component ({share[0]:.0%} of the variance)")
+    ax.set_ylabel(f"second principal component ({share[1]:.0%} of the variance)")
+    ax.set_title("token embeddings (wte): tokens the model treats alike lie close together")
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    return len(placed)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -138,16 +155,24 @@ def run(args: argparse.Namespace) -> int:
         text = read_text_file(args.data, "data file") if args.data else (args.prompt or "")
         counts = Counter(tok.encode(text)) if text else Counter(dict.fromkeys(range(tok.vocab_size), 1))
         out = args.out or "embeddings.png"
-        draw_embeddings(model, tok, counts, args.labels, out)
-        print(f"wrote {out}")
+        labelled = draw_embeddings(model, tok, counts, args.labels, out)
+        print(
+            f"wrote {out}: every token's embedding projected onto the two directions of largest spread; "
+            f"{labelled} of the most frequent tokens labelled (close points: tokens used alike)"
+        )
         return 0
     ids = prompt_ids(model, tok, args.prompt)
     if args.trace:
         print_trace(model, tok, ids, args.top)
         return 0
-    layers = pick(args.layer, model.config.n_layer, "--layer")
-    heads = pick(args.head, model.config.n_head, "--head")
+    cfg = model.config
+    if args.layer is None and cfg.n_layer * cfg.n_head > MAX_PANELS:
+        layers = [cfg.n_layer - 1]  # too many panels to read: the last layer, unless asked
+        print(f"note: {cfg.n_layer} layers x {cfg.n_head} heads; drawing layer {layers[0]} (choose with --layer)")
+    else:
+        layers = pick(args.layer, cfg.n_layer, "--layer")
+    heads = pick(args.head, cfg.n_head, "--head")
     out = args.out or "attention.png"
     draw_attention(model, tok, ids, layers, heads, out)
-    print(f"wrote {out}: {len(layers)} layer(s) x {len(heads)} head(s)")
+    print(f"wrote {out}: {len(layers)} layer(s) x {len(heads)} head(s); {HEATMAP_NOTE}")
     return 0

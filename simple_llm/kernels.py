@@ -4,9 +4,11 @@ The backend is chosen once, at import time, as msgpack does it: the compiled ``s
 when it imports, the NumPy ``simple_llm.fallback`` otherwise or when ``SIMPLE_LLM_PURE_PYTHON=1``.
 ``SIMPLE_LLM_REQUIRE_COMPILED=1`` turns a missing extension into an ImportError (CI and wheel tests).
 
-Every function here checks its arguments (dtype, shape, contiguity, index ranges) and raises a
+Every function here checks its arguments (dtype, shape, contiguity, index ranges, that outputs do
+not overlap other arguments except where a kernel works in place, the numbers' ranges) and raises a
 ValueError that names the offending argument, then calls the chosen backend. The backends themselves
-check nothing, so a wrong shape can never reach a compiled loop that would write out of bounds.
+check nothing, so a wrong shape can never reach a compiled loop that would write out of bounds, and
+whatever passes the checks gives the same result on both backends.
 """
 
 from __future__ import annotations
@@ -27,10 +29,6 @@ def _env_flag(name: str) -> bool:
 def _choose() -> ModuleType:
     if _env_flag("SIMPLE_LLM_PURE_PYTHON"):
         return fallback
-    # OpenMP threads that spin after a parallel loop starve NumPy's BLAS threads, which run between
-    # our loops on the same cores (2.5x slower training here); sleeping threads wake in microseconds.
-    # Read once, when the OpenMP runtime loads with the extension; a value the user set wins.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     try:
         from . import _kernels  # type: ignore[attr-defined]
     except ImportError as exc:
@@ -84,11 +82,29 @@ def _check(fn: str, dtype: Any, inner_only: tuple[str, ...] = (), **arrays: tupl
             raise ValueError(f"{fn}: {name} must be C-contiguous")
 
 
-def _number(fn: str, name: str, x: Any) -> float:
-    """A finite real number argument (eps, scale, a learning rate...), as a float."""
+def _number(fn: str, name: str, x: Any, low: float = -np.inf, high: float = np.inf, low_open: bool = False) -> float:
+    """A finite real number argument (eps, scale, a learning rate...) in [low, high) (or (low, high)
+    with low_open), as a float."""
     if isinstance(x, bool) or not isinstance(x, (int, float, np.integer, np.floating)) or not np.isfinite(x):
         raise ValueError(f"{fn}: {name} must be a finite number, not {x!r}")
+    if not (x > low if low_open else x >= low) or not x < high:
+        bounds = f"{'(' if low_open else '['}{low:g}, {high:g})"
+        raise ValueError(f"{fn}: {name} must be in {bounds}, not {x!r}")
     return float(x)
+
+
+def _separate(fn: str, outputs: tuple[str, ...], in_place: tuple[tuple[str, str], ...] = (), **arrays: Any) -> None:
+    """Each output shares no memory with any other argument, except an in-place pair (out, inp)
+    that is the very same array: a partial overlap would make each backend read what it (or another
+    thread) had already written, in its own order."""
+    for out in outputs:
+        a = arrays[out]
+        for name, b in arrays.items():
+            if name == out or b is None or not np.may_share_memory(a, b):
+                continue
+            same = a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.shape == b.shape
+            if not (same and ((out, name) in in_place or (name, out) in in_place)):
+                raise ValueError(f"{fn}: {out} overlaps {name} in memory")
 
 
 def _writable(fn: str, **arrays: np.ndarray) -> None:
@@ -115,11 +131,6 @@ def _index_range(fn: str, name: str, ids: np.ndarray, low: int, high: int) -> No
         raise ValueError(f"{fn}: {name} holds values outside [{low}, {high})")
 
 
-def _heads(fn: str, C: int, n_head: int) -> None:
-    if not isinstance(n_head, (int, np.integer)) or n_head <= 0 or C % n_head:
-        raise ValueError(f"{fn}: n_head {n_head!r} does not divide the {C} channels")
-
-
 # token + position embedding ----------------------------------------------------------------------
 
 
@@ -135,6 +146,7 @@ def encoder_forward(out: np.ndarray, idx: np.ndarray, wte: np.ndarray, wpe: np.n
         raise ValueError(f"{fn}: idx has {T} positions but wpe only {wpe.shape[0]}")
     _index_range(fn, "idx", idx, 0, V)
     _writable(fn, out=out)
+    _separate(fn, ("out",), out=out, idx=idx, wte=wte, wpe=wpe)
     impl.encoder_forward(out, idx, wte, wpe)
 
 
@@ -150,6 +162,7 @@ def encoder_backward(dwte: np.ndarray, dwpe: np.ndarray, dout: np.ndarray, idx: 
         raise ValueError(f"{fn}: idx has {T} positions but dwpe only {dwpe.shape[0]}")
     _index_range(fn, "idx", idx, 0, V)
     _writable(fn, dwte=dwte, dwpe=dwpe)
+    _separate(fn, ("dwte", "dwpe"), dwte=dwte, dwpe=dwpe, dout=dout, idx=idx)
     impl.encoder_backward(dwte, dwpe, dout, idx)
 
 
@@ -165,22 +178,15 @@ def layernorm_forward(
     bias: np.ndarray,
     eps: float,
 ) -> None:
-    """out (N, C) = (inp - mean) * rstd * weight + bias; mean, rstd (N,) saved."""
+    """out (N, C) = (inp - mean) * rstd * weight + bias; mean, rstd (N,) saved; eps > 0."""
     fn = "layernorm_forward"
     dt = _float_dtype(fn, "inp", inp)
     N, C = _shape(fn, "inp", inp, 2)
-    _check(
-        fn,
-        dt,
-        out=(out, (N, C)),
-        mean=(mean, (N,)),
-        rstd=(rstd, (N,)),
-        inp=(inp, (N, C)),
-        weight=(weight, (C,)),
-        bias=(bias, (C,)),
-    )
+    arrays = dict(out=out, mean=mean, rstd=rstd, inp=inp, weight=weight, bias=bias)
+    _check(fn, dt, **{n: (a, s) for (n, a), s in zip(arrays.items(), [(N, C), (N,), (N,), (N, C), (C,), (C,)])})
     _writable(fn, out=out, mean=mean, rstd=rstd)
-    impl.layernorm_forward(out, mean, rstd, inp, weight, bias, _number(fn, "eps", eps))
+    _separate(fn, ("out", "mean", "rstd"), **arrays)
+    impl.layernorm_forward(out, mean, rstd, inp, weight, bias, _number(fn, "eps", eps, 0.0, low_open=True))
 
 
 def layernorm_backward(
@@ -197,19 +203,11 @@ def layernorm_backward(
     fn = "layernorm_backward"
     dt = _float_dtype(fn, "inp", inp)
     N, C = _shape(fn, "inp", inp, 2)
-    _check(
-        fn,
-        dt,
-        dinp=(dinp, (N, C)),
-        dweight=(dweight, (C,)),
-        dbias=(dbias, (C,)),
-        dout=(dout, (N, C)),
-        inp=(inp, (N, C)),
-        weight=(weight, (C,)),
-        mean=(mean, (N,)),
-        rstd=(rstd, (N,)),
-    )
+    arrays = dict(dinp=dinp, dweight=dweight, dbias=dbias, dout=dout, inp=inp, weight=weight, mean=mean, rstd=rstd)
+    shapes = [(N, C), (C,), (C,), (N, C), (N, C), (C,), (N,), (N,)]
+    _check(fn, dt, **{n: (a, s) for (n, a), s in zip(arrays.items(), shapes)})
     _writable(fn, dinp=dinp, dweight=dweight, dbias=dbias)
+    _separate(fn, ("dinp", "dweight", "dbias"), **arrays)
     impl.layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd)
 
 
@@ -223,123 +221,41 @@ def softmax_forward(probs: np.ndarray, logits: np.ndarray) -> None:
     N, V = _shape(fn, "logits", logits, 2)
     _check(fn, dt, probs=(probs, (N, V)), logits=(logits, (N, V)))
     _writable(fn, probs=probs)
+    _separate(fn, ("probs",), (("probs", "logits"),), probs=probs, logits=logits)
     impl.softmax_forward(probs, logits)
 
 
-# attention -------------------------------------------------------------------------------------
-# The matrix products go to BLAS (batched np.matmul over every head, into the caller's buffers); the
-# backend does the elementwise chain between them in one pass.
+# attention ---------------------------------------------------------------------------------------
+# The elementwise chain between attention's two matrix products (CausalSelfAttention in model.py
+# does the products, batched over every head, with BLAS).
 
 
-def _split_heads(x: np.ndarray, n_head: int) -> np.ndarray:
-    """(B, T, C) -> (B, NH, T, hs), a view: head h is channels h*hs .. (h+1)*hs."""
-    B, T, C = x.shape
-    return x.reshape(B, T, n_head, C // n_head).transpose(0, 2, 1, 3)
+def _attention_rows(fn: str, att: np.ndarray) -> None:
+    _check(fn, att.dtype, att=(att, (None, None, None, None)))
+    Tq, T = att.shape[2:]
+    if Tq > T:  # query i is position T - Tq + i: there must be one
+        raise ValueError(f"{fn}: att has {Tq} queries but only {T} keys")
 
 
 def attention_softmax_forward(att: np.ndarray, scale: float) -> None:
-    """In place over att (B, NH, Tq, T): scale, causal mask, softmax; zero after each query."""
+    """In place over att (B, NH, Tq, T), Tq <= T: softmax(scale * scores) over the keys at or
+    before each query (query i is position T - Tq + i), 0 after it; scale > 0."""
     fn = "attention_softmax_forward"
-    dt = _float_dtype(fn, "att", att)
-    _check(fn, dt, att=(att, (None, None, None, None)))
+    _float_dtype(fn, "att", att)
+    _attention_rows(fn, att)
     _writable(fn, att=att)
-    impl.attention_softmax_forward(att, _number(fn, "scale", scale))
+    impl.attention_softmax_forward(att, _number(fn, "scale", scale, 0.0, low_open=True))
 
 
 def attention_softmax_backward(datt: np.ndarray, att: np.ndarray, scale: float) -> None:
-    """In place over datt (B, NH, T, T): the gradient of the scores from that of the weights."""
+    """In place over datt (B, NH, Tq, T): the gradient of the scores from that of the weights att."""
     fn = "attention_softmax_backward"
     dt = _float_dtype(fn, "att", att)
-    _check(fn, dt, datt=(datt, att.shape), att=(att, (None, None, None, None)))
+    _attention_rows(fn, att)
+    _check(fn, dt, datt=(datt, att.shape))
     _writable(fn, datt=datt)
-    impl.attention_softmax_backward(datt, att, _number(fn, "scale", scale))
-
-
-def attention_forward(
-    out: np.ndarray, att: np.ndarray, inp: np.ndarray, n_head: int, mask: np.ndarray | None = None
-) -> None:
-    """Causal attention of the last Tq of T positions: out (B, Tq, C), att (B, NH, Tq, T) saved.
-
-    inp (B, T, 3C) holds q, k, v (it may be a slice of a key/value cache along time); mask is
-    dropout's scaled keep-mask (B, NH, Tq, T) or None. Query i is position T - Tq + i and sees the
-    keys at or before it.
-    """
-    fn = "attention_forward"
-    dt = _float_dtype(fn, "inp", inp)
-    B, T, C3 = _shape(fn, "inp", inp, 3)
-    C = C3 // 3
-    if C3 % 3:
-        raise ValueError(f"{fn}: inp's last axis ({C3}) must hold q, k and v (a multiple of 3)")
-    _heads(fn, C, n_head)
-    Tq = _shape(fn, "out", _checked_array(fn, "out", out), 3)[1]
-    if Tq > T:
-        raise ValueError(f"{fn}: out has {Tq} positions but inp only {T}")
-    _check(
-        fn,
-        dt,
-        inner_only=("inp",),
-        out=(out, (B, Tq, C)),
-        att=(att, (B, n_head, Tq, T)),
-        inp=(inp, (B, T, C3)),
-        mask=(mask, (B, n_head, Tq, T)),
-    )
-    _writable(fn, out=out, att=att)
-    q = _split_heads(inp[:, T - Tq :, :C], n_head)  # (B, NH, Tq, hs)
-    k = _split_heads(inp[:, :, C : 2 * C], n_head)  # (B, NH, T, hs)
-    v = _split_heads(inp[:, :, 2 * C :], n_head)  # (B, NH, T, hs)
-    np.matmul(q, k.swapaxes(-1, -2), out=att)  # the scores q . k
-    impl.attention_softmax_forward(att, 1.0 / np.sqrt(C // n_head))  # att = softmax(scores / sqrt(hs))
-    weights = att if mask is None else att * mask  # dropout on the weights (a temporary)
-    np.matmul(weights, v, out=_split_heads(out, n_head))  # y = att @ v, heads side by side
-
-
-def attention_backward(
-    dinp: np.ndarray,
-    datt: np.ndarray,
-    dout: np.ndarray,
-    inp: np.ndarray,
-    att: np.ndarray,
-    n_head: int,
-    mask: np.ndarray | None = None,
-) -> None:
-    """Writes dinp (B, T, 3C) = (dq, dk, dv); datt (B, NH, T, T) is scratch; dout (B, T, C)."""
-    fn = "attention_backward"
-    dt = _float_dtype(fn, "inp", inp)
-    B, T, C3 = _shape(fn, "inp", inp, 3)
-    C = C3 // 3
-    if C3 % 3:
-        raise ValueError(f"{fn}: inp's last axis ({C3}) must hold q, k and v (a multiple of 3)")
-    _heads(fn, C, n_head)
-    _check(
-        fn,
-        dt,
-        dinp=(dinp, (B, T, C3)),
-        datt=(datt, (B, n_head, T, T)),
-        dout=(dout, (B, T, C)),
-        inp=(inp, (B, T, C3)),
-        att=(att, (B, n_head, T, T)),
-        mask=(mask, (B, n_head, T, T)),
-    )
-    _writable(fn, dinp=dinp, datt=datt)
-    q, k, v = (_split_heads(inp[:, :, i * C : (i + 1) * C], n_head) for i in range(3))
-    dq, dk, dv = (_split_heads(dinp[:, :, i * C : (i + 1) * C], n_head) for i in range(3))
-    dy = _split_heads(dout, n_head)  # (B, NH, T, hs)
-    # forward was: y = w @ v with w = att * keep, so dv = w^T @ dy and dw = dy @ v^T
-    weights = att if mask is None else att * mask
-    np.matmul(weights.swapaxes(-1, -2), dy, out=dv)
-    np.matmul(dy, v.swapaxes(-1, -2), out=datt)
-    if mask is not None:
-        datt *= mask  # d att = d w * keep
-    # forward was: att = softmax(scale * s), s = q @ k^T: datt becomes ds in place
-    impl.attention_softmax_backward(datt, att, 1.0 / np.sqrt(C // n_head))
-    np.matmul(datt, k, out=dq)  # ds @ k
-    np.matmul(datt.swapaxes(-1, -2), q, out=dk)  # ds^T @ q
-
-
-def _checked_array(fn: str, name: str, a: Any) -> np.ndarray:
-    if not isinstance(a, np.ndarray):
-        raise ValueError(f"{fn}: {name} must be a numpy array, not {type(a).__name__}")
-    return a
+    _separate(fn, ("datt",), datt=datt, att=att)
+    impl.attention_softmax_backward(datt, att, _number(fn, "scale", scale, 0.0, low_open=True))
 
 
 # GELU --------------------------------------------------------------------------------------------
@@ -352,6 +268,7 @@ def gelu_forward(out: np.ndarray, tanh_u: np.ndarray, inp: np.ndarray) -> None:
     dt = _float_dtype(fn, "inp", inp)
     _check(fn, dt, out=(out, inp.shape), tanh_u=(tanh_u, inp.shape), inp=(inp, inp.shape))
     _writable(fn, out=out, tanh_u=tanh_u)
+    _separate(fn, ("out", "tanh_u"), (("out", "inp"),), out=out, tanh_u=tanh_u, inp=inp)
     impl.gelu_forward(out.reshape(-1), tanh_u.reshape(-1), inp.reshape(-1))
 
 
@@ -361,6 +278,7 @@ def gelu_backward(dinp: np.ndarray, inp: np.ndarray, tanh_u: np.ndarray, dout: n
     dt = _float_dtype(fn, "inp", inp)
     _check(fn, dt, dinp=(dinp, inp.shape), inp=(inp, inp.shape), tanh_u=(tanh_u, inp.shape), dout=(dout, inp.shape))
     _writable(fn, dinp=dinp)
+    _separate(fn, ("dinp",), (("dinp", "dout"),), dinp=dinp, inp=inp, tanh_u=tanh_u, dout=dout)
     impl.gelu_backward(dinp.reshape(-1), inp.reshape(-1), tanh_u.reshape(-1), dout.reshape(-1))
 
 
@@ -376,6 +294,7 @@ def crossentropy_forward(losses: np.ndarray, lse: np.ndarray, logits: np.ndarray
     _check(fn, dt, losses=(losses, (N,)), lse=(lse, (N,)), logits=(logits, (N, V)))
     _index_range(fn, "targets", targets, -1, V)
     _writable(fn, losses=losses, lse=lse)
+    _separate(fn, ("losses", "lse"), losses=losses, lse=lse, logits=logits, targets=targets)
     impl.crossentropy_forward(losses, lse, logits, targets)
 
 
@@ -390,6 +309,7 @@ def crossentropy_backward(
     _check(fn, dt, dlogits=(dlogits, (N, V)), logits=(logits, (N, V)), lse=(lse, (N,)))
     _index_range(fn, "targets", targets, -1, V)
     _writable(fn, dlogits=dlogits)
+    _separate(fn, ("dlogits",), (("dlogits", "logits"),), dlogits=dlogits, logits=logits, lse=lse, targets=targets)
     impl.crossentropy_backward(dlogits, logits, lse, targets, _number(fn, "dloss", dloss))
 
 
@@ -408,16 +328,20 @@ def adamw_update(
     weight_decay: float,
     step: int,
 ) -> None:
-    """One torch.optim.AdamW step over flat arrays (n,); step counts from 1."""
+    """One torch.optim.AdamW step over flat arrays (n,); step counts from 1; betas in [0, 1)."""
     fn = "adamw_update"
     dt = _float_dtype(fn, "params", params)
     (n,) = _shape(fn, "params", params, 1)
     _check(fn, dt, params=(params, (n,)), grads=(grads, (n,)), m=(m, (n,)), v=(v, (n,)))
     if isinstance(step, bool) or not isinstance(step, (int, np.integer)) or step < 1:
         raise ValueError(f"{fn}: step must be an integer counting from 1, not {step!r}")
-    hyper = {
-        n: _number(fn, n, x)
-        for n, x in dict(lr=lr, beta1=beta1, beta2=beta2, eps=eps, weight_decay=weight_decay).items()
-    }
+    hyper = dict(
+        lr=_number(fn, "lr", lr),
+        beta1=_number(fn, "beta1", beta1, 0.0, 1.0),
+        beta2=_number(fn, "beta2", beta2, 0.0, 1.0),
+        eps=_number(fn, "eps", eps, 0.0),
+        weight_decay=_number(fn, "weight_decay", weight_decay),
+    )
     _writable(fn, params=params, m=m, v=v)
+    _separate(fn, ("params", "m", "v"), params=params, grads=grads, m=m, v=v)
     impl.adamw_update(params, grads, m, v, *hyper.values(), int(step))

@@ -1,9 +1,10 @@
 """GPT-2 with every layer's forward and backward pass written out.
 
-Read it in order, as nanoGPT's model.py: LayerNorm -> Linear -> CausalSelfAttention -> MLP -> Block ->
-GPTConfig -> GPT. Each layer has a ``forward`` and a ``backward`` (llm.c's pairs); the elementwise and
-attention loops are the kernels of ``simple_llm.kernels`` (compiled or NumPy), the matrix products are
-NumPy's ``matmul`` (BLAS) writing into buffers that are allocated once per batch shape and reused.
+Read it in order, as nanoGPT's model.py: LayerNorm -> Linear -> Embedding -> CausalSelfAttention ->
+MLP -> Block -> LMHead -> GPT. Each layer has a ``forward`` and a ``backward`` (llm.c's pairs); the
+elementwise loops are the kernels of ``simple_llm.kernels`` (compiled or NumPy), the matrix products
+are NumPy's ``matmul`` (BLAS) writing into the buffers of activations.py, which are allocated once
+per batch shape and reused.
 
 B = batch, T = sequence length, C = n_embd, NH = n_head, hs = C / NH, V = vocab_size, L = n_layer.
 """
@@ -13,15 +14,19 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
+from . import checkpoint
 from . import kernels as K
-from .params import Parameters, gpt2_shapes
-from .sampling import GenerationStep, Sampler
+from .activations import Activations, BufferPool, KVCache, LayerActivations, Scratch
+from .config import GPTConfig
+from .generation import GenerationStep, generate_tokens
+from .params import Parameters
+
+__all__ = ["GPT", "GPTConfig"]
 
 
 class LayerNorm:
@@ -77,6 +82,22 @@ def dropout_mask(mask, p, rng):
     mask *= 1.0 / (1.0 - p)
 
 
+class Embedding:
+    """x = wte[idx] + wpe[pos : pos + T]: each token's vector plus its position's."""
+
+    def __init__(self, p: Parameters, g: Parameters):
+        self.wte, self.wpe = p["wte.weight"], p["wpe.weight"]  # (V, C), (n_ctx, C)
+        self.dwte, self.dwpe = g["wte.weight"], g["wpe.weight"]
+
+    def forward(self, out, idx, pos: int = 0):
+        """out (B, T, C) from token ids idx (B, T) at positions pos .. pos + T - 1."""
+        K.encoder_forward(out, idx, self.wte, self.wpe[pos:])
+
+    def backward(self, dout, idx):
+        """Scatter-adds dout (B, T, C) into the rows of dwte that idx used, and into dwpe."""
+        K.encoder_backward(self.dwte, self.dwpe, dout, idx)
+
+
 class CausalSelfAttention:
     """qkv = c_attn(x); y = softmax(q k^T / sqrt(hs), causal) v per head; out = c_proj(y)."""
 
@@ -85,22 +106,56 @@ class CausalSelfAttention:
         self.c_proj = Linear(p, g, name + ".c_proj")
         self.n_head = n_head
 
-    def forward(self, out, a: LayerActivations, x, cache=None, pos=0):
+    def heads(self, x):
+        """(B, T, C) -> (B, NH, T, hs), a view: head h is channels h*hs .. (h+1)*hs."""
+        B, T, C = x.shape
+        return x.reshape(B, T, self.n_head, C // self.n_head).transpose(0, 2, 1, 3)
+
+    def forward(self, out, a: LayerActivations, x, cache=None, pos: int = 0):
         """out (B, Tq, C) from x (B, Tq, C). With a key/value cache (B, n_ctx, 3C), the new q, k, v
         go into cache[:, pos:pos+Tq] and the queries see every cached position before them."""
         Tq = x.shape[1]
         self.c_attn.forward(a.qkv, x)  # (B, Tq, 3C)
         if cache is not None:
             cache[:, pos : pos + Tq] = a.qkv  # keep this step's keys and values
-        context = a.qkv if cache is None else cache[:, : pos + Tq]  # (B, T, 3C)
-        K.attention_forward(a.atty, a.att(context.shape[1]), context, self.n_head, a.att_mask)
+        qkv = a.qkv if cache is None else cache[:, : pos + Tq]  # (B, T, 3C)
+        self.attend(a.atty, a.att(qkv.shape[1]), qkv, a.att_mask, a.att_dropped)
         self.c_proj.forward(out, a.atty)  # (B, Tq, C)
+
+    def attend(self, y, att, qkv, mask=None, dropped=None):
+        """y (B, Tq, C) = att @ v, att (B, NH, Tq, T) = softmax(q k^T / sqrt(hs)) saved, for the last
+        Tq of the T positions in qkv (B, T, 3C): query i is position T - Tq + i and sees the keys at
+        or before it. With dropout, mask is the scaled keep-mask and dropped receives att * mask."""
+        T, Tq, C = qkv.shape[1], y.shape[1], y.shape[2]
+        q = self.heads(qkv[:, T - Tq :, :C])  # (B, NH, Tq, hs)
+        k = self.heads(qkv[:, :, C : 2 * C])  # (B, NH, T, hs)
+        v = self.heads(qkv[:, :, 2 * C :])  # (B, NH, T, hs)
+        np.matmul(q, k.swapaxes(-1, -2), out=att)  # the scores q . k, (B, NH, Tq, T)
+        K.attention_softmax_forward(att, 1.0 / math.sqrt(C // self.n_head))  # softmax(scores / sqrt(hs))
+        weights = att if mask is None else np.multiply(att, mask, out=dropped)  # dropout on the weights
+        np.matmul(weights, v, out=self.heads(y))  # y = weights @ v, heads side by side
 
     def backward(self, dx, dout, a: LayerActivations, x, s: Scratch):
         """Writes dx (B, T, C) from dout (B, T, C)."""
         self.c_proj.backward(s.datty, dout, a.atty)
-        K.attention_backward(s.dqkv, s.datt, s.datty, a.qkv, a.att(a.qkv.shape[1]), self.n_head, a.att_mask)
+        self.attend_backward(s.dqkv, s.datt, s.datty, a.qkv, a.att(a.qkv.shape[1]), a.att_mask, a.att_dropped)
         self.c_attn.backward(dx, s.dqkv, x)
+
+    def attend_backward(self, dqkv, datt, dy, qkv, att, mask=None, dropped=None):
+        """Writes dqkv (B, T, 3C) = (dq, dk, dv) from dy (B, T, C); datt (B, NH, T, T) is scratch."""
+        C = dy.shape[2]
+        q, k, v = (self.heads(qkv[:, :, i * C : (i + 1) * C]) for i in range(3))
+        dq, dk, dv = (self.heads(dqkv[:, :, i * C : (i + 1) * C]) for i in range(3))
+        dy = self.heads(dy)  # (B, NH, T, hs)
+        # forward was: y = w @ v with w = att * mask, so dv = w^T @ dy and dw = dy @ v^T
+        np.matmul((att if mask is None else dropped).swapaxes(-1, -2), dy, out=dv)
+        np.matmul(dy, v.swapaxes(-1, -2), out=datt)
+        if mask is not None:
+            datt *= mask  # d att = d w * mask
+        # forward was: att = softmax(scale * s), s = q @ k^T: datt becomes ds in place
+        K.attention_softmax_backward(datt, att, 1.0 / math.sqrt(C // self.n_head))
+        np.matmul(datt, k, out=dq)  # dq = ds @ k
+        np.matmul(datt.swapaxes(-1, -2), q, out=dk)  # dk = ds^T @ q
 
 
 class MLP:
@@ -131,7 +186,7 @@ class Block:
         self.ln_2 = LayerNorm(p, g, h + "ln_2", cfg.layer_norm_epsilon)
         self.mlp = MLP(p, g, h + "mlp")
 
-    def forward(self, out, a: LayerActivations, x, cache=None, pos=0):
+    def forward(self, out, a: LayerActivations, x, cache=None, pos: int = 0):
         """out (B, T, C) from the residual stream x (B, T, C); out may be x itself."""
         self.ln_1.forward(a.ln1, a.ln1_mean, a.ln1_rstd, x)
         self.attn.forward(a.resid2, a, a.ln1, cache, pos)
@@ -158,111 +213,36 @@ class Block:
         self.ln_1.backward(dres, s.dln, x, a.ln1_mean, a.ln1_rstd)  # dres: now d x
 
 
-@dataclass
-class GPTConfig:
-    vocab_size: int = 50257  # GPT-2's byte-level BPE vocabulary
-    n_ctx: int = 1024  # longest sequence: rows of the position table wpe
-    n_embd: int = 768  # channels C of the residual stream
-    n_head: int = 12  # attention heads; each sees n_embd / n_head channels
-    n_layer: int = 12  # transformer blocks
-    layer_norm_epsilon: float = 1e-5  # GPT-2's value, added to the variance
-    dropout: float = 0.0  # on embeddings, attention weights and residual branches while training
+class LMHead:
+    """logits = ln_f(x) @ wte^T: the output layer is the token embedding, tied (GPT-2 has no lm_head)."""
 
-    def __post_init__(self):
-        for name in ("vocab_size", "n_ctx", "n_embd", "n_head", "n_layer"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value <= 0:
-                raise ValueError(f"GPTConfig: {name} must be a positive integer, not {value!r}")
-            setattr(self, name, int(value))
-        if self.n_embd % self.n_head:
-            raise ValueError(f"GPTConfig: n_embd {self.n_embd} is not divisible by n_head {self.n_head}")
-        if not 0.0 <= float(self.dropout) < 1.0:
-            raise ValueError(f"GPTConfig: dropout must be in [0, 1), not {self.dropout!r}")
-        if not float(self.layer_norm_epsilon) > 0.0:
-            raise ValueError(f"GPTConfig: layer_norm_epsilon must be positive, not {self.layer_norm_epsilon!r}")
+    def __init__(self, p: Parameters, g: Parameters, eps: float):
+        self.ln_f = LayerNorm(p, g, "ln_f", eps)
+        self.wte, self.dwte = p["wte.weight"], g["wte.weight"]  # (V, C)
 
-    def shapes(self) -> dict[str, tuple[int, ...]]:
-        return gpt2_shapes(self.vocab_size, self.n_ctx, self.n_embd, self.n_layer)
+    def forward(self, out, a: Activations, x, last_only: bool = False):
+        """out (B, T, V), or (B, 1, V) for the last position only, from the residual stream x."""
+        self.ln_f.forward(a.lnf, a.lnf_mean, a.lnf_rstd, x)
+        C, V = self.wte.shape[1], self.wte.shape[0]
+        h = a.lnf[:, -1] if last_only else a.lnf.reshape(-1, C)  # one (rows, C) @ (C, V) product
+        np.matmul(h, self.wte.T, out=out.reshape(-1, V))
 
-
-class LayerActivations:
-    """One block's activations for a batch of (B, Tq) positions, saved by forward for backward."""
-
-    def __init__(self, cfg: GPTConfig, B: int, Tq: int, T_max: int, dtype, dropout: bool):
-        C, NH = cfg.n_embd, cfg.n_head
-        self.shape = (B, NH, Tq)
-        self.ln1 = np.empty((B, Tq, C), dtype)  # ln_1(x)
-        self.ln1_mean = np.empty(B * Tq, dtype)
-        self.ln1_rstd = np.empty(B * Tq, dtype)
-        self.qkv = np.empty((B, Tq, 3 * C), dtype)  # c_attn(ln1): q, k, v side by side
-        self._att = np.empty(B * NH * Tq * T_max, dtype)  # softmax weights, viewed by att(T)
-        self.atty = np.empty((B, Tq, C), dtype)  # attention output, heads side by side
-        self.resid2 = np.empty((B, Tq, C), dtype)  # x + attn(ln_1(x))
-        self.ln2 = np.empty((B, Tq, C), dtype)  # ln_2(resid2)
-        self.ln2_mean = np.empty(B * Tq, dtype)
-        self.ln2_rstd = np.empty(B * Tq, dtype)
-        self.fch = np.empty((B, Tq, 4 * C), dtype)  # c_fc(ln2)
-        self.fch_tanh = np.empty((B, Tq, 4 * C), dtype)  # the tanh inside gelu, saved for its backward
-        self.fch_gelu = np.empty((B, Tq, 4 * C), dtype)  # gelu(fch)
-        # dropout keep-masks, scaled by 1 / (1 - p); None when dropout is off
-        self.att_mask = np.empty((B, NH, Tq, Tq), dtype) if dropout else None
-        self.attn_drop = np.empty((B, Tq, C), dtype) if dropout else None
-        self.mlp_drop = np.empty((B, Tq, C), dtype) if dropout else None
-
-    def att(self, T: int) -> np.ndarray:
-        """The attention weights (B, NH, Tq, T) of queries over T keys, a contiguous view."""
-        B, NH, Tq = self.shape
-        return self._att[: B * NH * Tq * T].reshape(B, NH, Tq, T)
-
-
-class Activations:
-    """Every buffer of one forward pass over (B, T) positions, allocated once and reused.
-
-    With per_layer (training, tracing) each block keeps its own LayerActivations, as the backward
-    needs; otherwise (inference) the blocks share one and each writes its output over its input.
-    """
-
-    def __init__(
-        self, cfg: GPTConfig, B: int, T: int, dtype, per_layer: bool, dropout: bool = False, T_max: int | None = None
-    ):
-        C, V = cfg.n_embd, cfg.vocab_size
-        make = lambda: LayerActivations(cfg, B, T, T_max or T, dtype, dropout)  # noqa: E731
-        if per_layer:
-            self.layers = [make() for _ in range(cfg.n_layer)]
-            self.resid = [np.empty((B, T, C), dtype) for _ in range(cfg.n_layer + 1)]
-        else:
-            shared = make()
-            self.layers = [shared] * cfg.n_layer
-            self.resid = [np.empty((B, T, C), dtype)] * (cfg.n_layer + 1)
-        # resid[0] = wte[idx] + wpe (the embedding), resid[l + 1] = output of block l
-        self.emb_drop = np.empty((B, T, C), dtype) if dropout else None
-        self.lnf = np.empty((B, T, C), dtype)  # ln_f(resid[L])
-        self.lnf_mean = np.empty(B * T, dtype)
-        self.lnf_rstd = np.empty(B * T, dtype)
-        self.logits = np.empty((B, T, V), dtype) if per_layer else None  # training: becomes dlogits
-        self.losses = np.empty(B * T, dtype)
-        self.lse = np.empty(B * T, dtype)  # log-sum-exp of each row of logits
-
-
-class Scratch:
-    """Gradients of one block's activations; reused by every block in turn during backward."""
-
-    def __init__(self, cfg: GPTConfig, B: int, T: int, dtype):
-        C, NH = cfg.n_embd, cfg.n_head
-        self.dres = np.empty((B, T, C), dtype)  # gradient of the residual stream
-        self.dln = np.empty((B, T, C), dtype)  # of a layer norm's output
-        self.dbranch = np.empty((B, T, C), dtype)  # of a branch's output, through dropout
-        self.datty = np.empty((B, T, C), dtype)
-        self.dqkv = np.empty((B, T, 3 * C), dtype)
-        self.datt = np.empty((B, NH, T, T), dtype)
-        self.dfch = np.empty((B, T, 4 * C), dtype)
+    def backward(self, dx, dlogits, a: Activations, x, s: Scratch):
+        """Adds into dx (B, T, C) from dlogits (B*T, V); *writes* dwte: the backward reaches the
+        output layer first, and the embedding adds its own part to dwte later."""
+        C = self.wte.shape[1]
+        # forward was: logits = lnf @ wte^T, so dlnf = dlogits @ wte and dwte = dlogits^T @ lnf
+        np.matmul(dlogits, self.wte, out=s.dln.reshape(-1, C))
+        np.matmul(dlogits.T, a.lnf.reshape(-1, C), out=self.dwte)
+        self.ln_f.backward(dx, s.dln, x, a.lnf_mean, a.lnf_rstd)
 
 
 class GPT:
-    """GPT-2: token + position embedding, n_layer blocks, ln_f, output layer tied to wte.
+    """GPT-2: token + position embedding, n_layer blocks, ln_f and the output layer tied to wte.
 
     ``params`` holds the weights under GPT-2's checkpoint names; ``loss_and_grads`` returns gradients
-    under the same names. Buffers are allocated once per batch shape and reused.
+    under the same names. ``forward``, ``loss``, ``generate`` and ``stream`` may run in several
+    threads at once: each call borrows its own buffers, and each generation has its own cache.
     """
 
     def __init__(self, config: GPTConfig, seed: int = 0, dtype: DTypeLike = np.float32):
@@ -274,10 +254,11 @@ class GPT:
         self.grads = self.params.like()
         self.rng = np.random.default_rng(seed)  # dropout masks
         self._init_weights(np.random.default_rng(seed))
-        p, g = self.params, self.grads
+        p, g, eps = self.params, self.grads, config.layer_norm_epsilon
+        self.embedding = Embedding(p, g)
         self.h = [Block(p, g, i, config) for i in range(config.n_layer)]
-        self.ln_f = LayerNorm(p, g, "ln_f", config.layer_norm_epsilon)
-        self._buffers: dict[tuple, object] = {}
+        self.head = LMHead(p, g, eps)
+        self.buffers = BufferPool()
 
     def _init_weights(self, rng: np.random.Generator) -> None:
         """GPT-2's initialisation: N(0, 0.02) weights, zero biases, unit layer-norm gains, and the
@@ -299,25 +280,16 @@ class GPT:
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, dtype: DTypeLike = np.float32) -> GPT:
         """Load a Hugging Face GPT-2 checkpoint directory (config.json + model.safetensors)."""
-        from .checkpoint import load
-
-        return load(path, dtype)
+        cfg, read_into = checkpoint.open_checkpoint(path)
+        model = cls(cfg, dtype=dtype)  # only now, with every tensor's name, shape and dtype checked
+        read_into(model.params)
+        return model
 
     def save_pretrained(self, path: str | os.PathLike, eos_token_id: int | None = None) -> Path:
         """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads."""
-        from .checkpoint import save
+        return checkpoint.save(self.config, self.params, path, eos_token_id)
 
-        return save(self, path, eos_token_id)
-
-    # buffers ---------------------------------------------------------------------------------
-
-    def _buffer(self, key: tuple, make):
-        """The buffers for one batch shape, made on first use; the last few shapes are kept."""
-        if key not in self._buffers:
-            if len(self._buffers) >= 4:
-                del self._buffers[next(iter(self._buffers))]
-            self._buffers[key] = make()
-        return self._buffers[key]
+    # checks ----------------------------------------------------------------------------------
 
     def _check_idx(self, idx, name: str = "idx", any_length: bool = False) -> np.ndarray:
         idx = np.asarray(idx)
@@ -335,12 +307,23 @@ class GPT:
             raise ValueError(f"{name} must be token ids in [0, {V})")
         return np.ascontiguousarray(idx, dtype=np.int64)
 
+    def _check_pair(self, idx: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, np.ndarray, int]:
+        """idx and targets as int64 arrays of one shape, and the number of scored targets."""
+        x, y = self._check_idx(idx), self._check_idx(targets, "targets")
+        if x.shape != y.shape:
+            raise ValueError(f"targets has shape {y.shape} but idx has {x.shape}")
+        n = int(np.count_nonzero(y >= 0))
+        if n == 0:
+            raise ValueError("targets holds no scored position (every target is -1)")
+        return x, y, n
+
     # forward ---------------------------------------------------------------------------------
 
-    def _embed_and_blocks(self, a: Activations, idx, training: bool, cache=None, pos: int = 0):
-        """resid[0] = wte[idx] + wpe[pos:pos+T], then every block: fills a.resid[L]."""
-        p, T = self.params, idx.shape[1]
-        K.encoder_forward(a.resid[0], idx, p["wte.weight"], p["wpe.weight"][pos : pos + T])
+    def _blocks(self, a: Activations, idx, training: bool, cache: KVCache | None = None) -> None:
+        """resid[0] = embedding(idx), then every block: fills a.resid[L]. With a cache, idx are the
+        positions after the cache.length already in it."""
+        pos = 0 if cache is None else cache.length
+        self.embedding.forward(a.resid[0], idx, pos)
         if training and a.emb_drop is not None:
             dropout_mask(a.emb_drop, self.config.dropout, self.rng)
             a.resid[0] *= a.emb_drop
@@ -348,43 +331,44 @@ class GPT:
                 for mask in (la.att_mask, la.attn_drop, la.mlp_drop):
                     dropout_mask(mask, self.config.dropout, self.rng)
         for l, block in enumerate(self.h):
-            block.forward(a.resid[l + 1], a.layers[l], a.resid[l], None if cache is None else cache[l], pos)
-
-    def _logits(self, out, a: Activations, last_only: bool = False):
-        """out = ln_f(resid[L]) @ wte^T, for every position or only the last: the output layer is
-        the token embedding, tied. Returns ln_f's output (B, T, C)."""
-        self.ln_f.forward(a.lnf, a.lnf_mean, a.lnf_rstd, a.resid[-1])
-        C, V = self.config.n_embd, self.config.vocab_size
-        x = a.lnf[:, -1] if last_only else a.lnf.reshape(-1, C)  # one (rows, C) @ (C, V) product
-        np.matmul(x, self.params["wte.weight"].T, out=out.reshape(-1, V))
-        return a.lnf
+            block.forward(a.resid[l + 1], a.layers[l], a.resid[l], None if cache is None else cache.layers[l], pos)
 
     def forward(self, idx: ArrayLike) -> np.ndarray:
         """Logits (B, T, vocab_size) for token ids idx (B, T); a new array, no dropout."""
         x = self._check_idx(idx)
         B, T = x.shape
-        a = self._buffer(("eval", B, T), lambda: Activations(self.config, B, T, self.dtype, per_layer=False))
-        self._embed_and_blocks(a, x, training=False)
         logits = np.empty((B, T, self.config.vocab_size), self.dtype)
-        self._logits(logits, a)
+        make = lambda: Activations(self.config, B, T, self.dtype, per_layer=False)  # noqa: E731
+        with self.buffers.lease(("eval", B, T), make) as a:
+            self._blocks(a, x, training=False)
+            self.head.forward(logits, a, a.resid[-1])
         return logits
 
     def loss(self, idx: ArrayLike, targets: ArrayLike) -> float:
         """Mean cross-entropy of predicting targets (B, T) from idx (B, T), no dropout (evaluation).
 
         A target of -1 is not scored."""
-        x, y = self._check_pair(idx, targets)
+        x, y, n = self._check_pair(idx, targets)
         logits = self.forward(x).reshape(-1, self.config.vocab_size)  # (B*T, V)
         losses, lse = np.empty(len(logits), self.dtype), np.empty(len(logits), self.dtype)
         K.crossentropy_forward(losses, lse, logits, y.reshape(-1))
-        return float(losses.sum(dtype=np.float64) / _n_scored(y))
+        return float(losses.sum(dtype=np.float64) / n)
 
-    def _check_pair(self, idx: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
-        x, y = self._check_idx(idx), self._check_idx(targets, "targets")
-        if x.shape != y.shape:
-            raise ValueError(f"targets has shape {y.shape} but idx has {x.shape}")
-        _n_scored(y)
-        return x, y
+    def next_logits(self, idx: ArrayLike, cache: KVCache) -> np.ndarray:
+        """Logits (B, V) for the token after idx (B, Tq), which continues the cache.length positions
+        already in cache: only the Tq new positions are computed, and they join the cache."""
+        x = self._check_idx(idx)
+        B, Tq = x.shape
+        if cache.length + Tq > cache.capacity:
+            raise ValueError(f"{cache.length} cached + {Tq} new positions exceed the cache's {cache.capacity}")
+        cfg = self.config
+        logits = np.empty((B, 1, cfg.vocab_size), self.dtype)
+        make = lambda: Activations(cfg, B, Tq, self.dtype, per_layer=False, T_max=cfg.n_ctx)  # noqa: E731
+        with self.buffers.lease(("cached", B, Tq), make) as a:
+            self._blocks(a, x, training=False, cache=cache)
+            self.head.forward(logits, a, a.resid[-1], last_only=True)
+        cache.length += Tq
+        return logits[:, 0]
 
     # forward + backward ----------------------------------------------------------------------
 
@@ -393,41 +377,33 @@ class GPT:
 
         idx, targets (B, T); a target of -1 is not scored. The gradients have the names, shapes and
         dtype of ``params``; they are the model's own buffers (views into ``grads.flat``), which the
-        next call overwrites: copy them if you need to keep them.
+        next call overwrites: copy them if you need to keep them. Not thread-safe: one training loop
+        per model.
         """
-        x, y = self._check_pair(idx, targets)
-        cfg, p, g = self.config, self.params, self.grads
-        B, T = x.shape
-        a = self._buffer(
-            ("train", B, T), lambda: Activations(cfg, B, T, self.dtype, per_layer=True, dropout=cfg.dropout > 0)
-        )
-        s = self._buffer(("scratch", B, T), lambda: Scratch(cfg, B, T, self.dtype))
-        V, C = cfg.vocab_size, cfg.n_embd
-        logits = a.logits.reshape(-1, V)  # (B*T, V)
-        y = y.reshape(-1)  # (B*T,)
-
-        # forward
-        self._embed_and_blocks(a, x, training=True)
-        lnf = self._logits(a.logits, a)  # (B, T, C), (B, T, V)
-        K.crossentropy_forward(a.losses, a.lse, logits, y)
-        n = _n_scored(y)
-        loss = float(a.losses.sum(dtype=np.float64) / n)
-
-        # backward, in the reverse order of the forward
-        g.flat.fill(0.0)
-        K.crossentropy_backward(logits, logits, a.lse, y, 1.0 / n)  # logits now hold dlogits
-        # forward was: logits = lnf @ wte^T, so dlnf = dlogits @ wte and dwte = dlogits^T @ lnf
-        np.matmul(logits, p["wte.weight"], out=s.dln.reshape(-1, C))
-        np.matmul(logits.T, lnf.reshape(-1, C), out=g["wte.weight"])
-        s.dres.fill(0.0)
-        self.ln_f.backward(s.dres, s.dln, a.resid[-1], a.lnf_mean, a.lnf_rstd)
-        for l in reversed(range(cfg.n_layer)):
-            self.h[l].backward(s.dres, a.layers[l], a.resid[l], s)
-        if a.emb_drop is not None:
-            s.dres *= a.emb_drop
-        # forward was: resid[0] = wte[idx] + wpe: scatter-add (wte's gradient also has the output layer's)
-        K.encoder_backward(g["wte.weight"], g["wpe.weight"], s.dres, x)
-        return loss, g
+        x, y, n = self._check_pair(idx, targets)
+        cfg, B, T = self.config, *x.shape
+        make_a = lambda: Activations(cfg, B, T, self.dtype, per_layer=True, dropout=cfg.dropout > 0)  # noqa: E731
+        with (
+            self.buffers.lease(("train", B, T), make_a) as a,
+            self.buffers.lease(("scratch", B, T), lambda: Scratch(cfg, B, T, self.dtype)) as s,
+        ):
+            logits, y = a.logits.reshape(-1, cfg.vocab_size), y.reshape(-1)  # (B*T, V), (B*T,)
+            # forward
+            self._blocks(a, x, training=True)
+            self.head.forward(a.logits, a, a.resid[-1])
+            K.crossentropy_forward(a.losses, a.lse, logits, y)
+            loss = float(a.losses.sum(dtype=np.float64) / n)
+            # backward, in the reverse order of the forward
+            self.grads.flat.fill(0.0)
+            K.crossentropy_backward(logits, logits, a.lse, y, 1.0 / n)  # logits now hold dlogits
+            s.dres.fill(0.0)
+            self.head.backward(s.dres, logits, a, a.resid[-1], s)
+            for l in reversed(range(cfg.n_layer)):
+                self.h[l].backward(s.dres, a.layers[l], a.resid[l], s)
+            if a.emb_drop is not None:
+                s.dres *= a.emb_drop
+            self.embedding.backward(s.dres, x)
+        return loss, self.grads
 
     # looking inside ------------------------------------------------------------------------
 
@@ -438,9 +414,9 @@ class GPT:
         idx = self._check_idx(idx)
         B, T = idx.shape
         a = Activations(self.config, B, T, self.dtype, per_layer=True)
-        self._embed_and_blocks(a, idx, training=False)
+        self._blocks(a, idx, training=False)
         logits = np.empty((B, T, self.config.vocab_size), self.dtype)
-        self._logits(logits, a)
+        self.head.forward(logits, a, a.resid[-1])
         steps = [("wte[idx] + wpe", a.resid[0])]
         for l, la in enumerate(a.layers):
             h = f"h.{l}."
@@ -466,7 +442,7 @@ class GPT:
         max_new_tokens: int = 20,
         temperature: float = 0.0,
         top_k: int | None = None,
-        seed: int = 0,
+        seed: int | np.random.Generator = 0,
         top_p: float | None = None,
         stop_token: int | None = None,
         use_cache: bool = True,
@@ -474,7 +450,8 @@ class GPT:
         """The prompt idx (B, T) followed by up to max_new_tokens new tokens: (B, T + new).
 
         temperature 0 is greedy; otherwise tokens are sampled from softmax(logits / temperature),
-        restricted to the top_k most likely and to the smallest set whose probability reaches top_p.
+        restricted to the top_k most likely and to the smallest set whose probability reaches top_p,
+        with random numbers from seed (an int, or a Generator that a session keeps drawing from).
         Generation ends early once every row has produced stop_token (rows that finished first are
         padded with it). A key/value cache makes each new token cost one position's work; past n_ctx
         the context slides (the last n_ctx tokens are kept).
@@ -491,58 +468,11 @@ class GPT:
         max_new_tokens: int = 20,
         temperature: float = 0.0,
         top_k: int | None = None,
-        seed: int = 0,
+        seed: int | np.random.Generator = 0,
         top_p: float | None = None,
         stop_token: int | None = None,
         use_cache: bool = True,
     ) -> Iterator[GenerationStep]:
         """Yield one GenerationStep (tokens (B,), probs (B, V)) per new token; see generate."""
         idx = self._check_idx(idx, any_length=True)
-        sampler = Sampler(temperature, top_k, top_p, seed, self.config.vocab_size)
-        if max_new_tokens < 0:
-            raise ValueError(f"max_new_tokens must be >= 0, not {max_new_tokens}")
-        n_ctx = self.config.n_ctx
-        context = idx[:, -n_ctx:]
-        logits = self._logits_after(context, use_cache, pos=0)
-        done = np.zeros(idx.shape[0], dtype=bool)
-        for _ in range(max_new_tokens):
-            probs, tokens = sampler(logits)
-            if stop_token is not None:
-                tokens = np.where(done, stop_token, tokens)
-                done |= tokens == stop_token
-            yield GenerationStep(tokens, probs)
-            if stop_token is not None and done.all():
-                return
-            context = np.concatenate([context, tokens[:, None]], axis=1)
-            if context.shape[1] > n_ctx:  # the context slides: keep the last n_ctx tokens, rebuild the cache
-                context = context[:, -n_ctx:]
-                logits = self._logits_after(context, use_cache, pos=0)
-            else:
-                logits = self._logits_after(context, use_cache, pos=context.shape[1] - 1)
-
-    def _cache(self, B: int):
-        cfg = self.config
-        return self._buffer(
-            ("cache", B), lambda: [np.empty((B, cfg.n_ctx, 3 * cfg.n_embd), self.dtype) for _ in range(cfg.n_layer)]
-        )
-
-    def _logits_after(self, context, use_cache: bool, pos: int):
-        """Logits (B, V) for the token after context (B, T). With the cache, positions before pos are
-        in it already and only context[:, pos:] is computed; without, everything is (nanoGPT's way)."""
-        if not use_cache:
-            return self.forward(context)[:, -1]
-        new = np.ascontiguousarray(context[:, pos:])
-        B, Tq = new.shape
-        cfg = self.config
-        a = self._buffer(("gen", B, Tq), lambda: Activations(cfg, B, Tq, self.dtype, per_layer=False, T_max=cfg.n_ctx))
-        self._embed_and_blocks(a, new, training=False, cache=self._cache(B), pos=pos)
-        logits = np.empty((B, 1, cfg.vocab_size), self.dtype)
-        self._logits(logits, a, last_only=True)
-        return logits[:, 0]
-
-
-def _n_scored(targets) -> int:
-    n = int(np.count_nonzero(np.asarray(targets) >= 0))
-    if n == 0:
-        raise ValueError("targets holds no scored position (every target is -1)")
-    return n
+        return generate_tokens(self, idx, max_new_tokens, temperature, top_k, seed, top_p, stop_token, use_cache)

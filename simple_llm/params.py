@@ -6,7 +6,7 @@ Hugging Face ``model.safetensors`` maps onto ``Parameters`` name for name.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -84,8 +84,3 @@ class Parameters(dict):
 
 def _offset(base: np.ndarray, view: np.ndarray) -> int:
     return (view.__array_interface__["data"][0] - base.__array_interface__["data"][0]) // base.itemsize
-
-
-def count(shapes: Iterable[tuple[int, ...]]) -> int:
-    """Number of scalars in tensors of these shapes."""
-    return sum(int(np.prod(s, dtype=np.int64)) for s in shapes)

@@ -22,14 +22,16 @@ class GenerationStep:
 
 
 class Sampler:
-    """Turns logits (B, V) into (probs (B, V), tokens (B,)), seeded and reproducible."""
+    """Turns logits (B, V) into (probs (B, V), tokens (B,)), seeded and reproducible.
+
+    seed is an int, or a Generator to draw from (a session's one random stream)."""
 
     def __init__(
         self,
         temperature: float = 0.0,
         top_k: int | None = None,
         top_p: float | None = None,
-        seed: int = 0,
+        seed: int | np.random.Generator = 0,
         vocab_size: int | None = None,
     ):
         if not np.isfinite(temperature) or temperature < 0:

@@ -6,6 +6,7 @@ The demo, ``chat`` and ``generate`` all go through here, so the prompt, the slas
 
 from __future__ import annotations
 
+import argparse
 import sys
 from dataclasses import dataclass
 from typing import TextIO
@@ -34,6 +35,18 @@ class Settings:
     top_p: float | None = None
     seed: int = 0
     show_probs: int = 0  # how many of the most likely tokens to list under each new token
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    """The sampling flags of add_sampling_flags (--top-k 0 means no limit, as /top-k 0 does)."""
+    return Settings(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k or None,
+        top_p=args.top_p,
+        seed=args.seed,
+        show_probs=args.show_probs,
+    )
 
 
 def bar(p: float, width: int = 10) -> str:

@@ -2,7 +2,8 @@
 
 All share one small interface: ``encode(str) -> list[int]``, ``decode(list[int]) -> str``,
 ``vocab_size``, ``save(path)`` / ``load(path)`` as one JSON file that names its kind, and
-``token_text(id)`` for listings. ``load_tokenizer(DIR)`` returns the right one for a model directory.
+``token_text(id)`` for listings. ``simple_llm.load_tokenizer(DIR)`` (modeldir.py) returns the right
+one of any kind for a model directory.
 """
 
 from __future__ import annotations
@@ -65,10 +66,20 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Tokenizer:
-        tok = load_tokenizer(path)
-        if not isinstance(tok, cls):
-            raise TokenizerError(f"{_json_path(path)} holds a {tok.kind} tokenizer, not {cls.kind}")
-        return tok
+        """The tokenizer saved at ``path`` (a JSON file, or a directory's tokenizer.json) by save()."""
+        return cls.from_state(read_state(path), _json_path(path))
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any], path: Path) -> Tokenizer:
+        """A tokenizer of this class from the JSON object read from path (for the error message)."""
+        if state.get("kind") != cls.kind:
+            raise TokenizerError(f"{path} holds a {state.get('kind')!r} tokenizer, not {cls.kind}")
+        try:
+            return cls._from_state(state)
+        except TokenizerError as exc:
+            raise TokenizerError(f"tokenizer file {path} is damaged: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise TokenizerError(f"tokenizer file {path} is damaged: {type(exc).__name__}: {exc}") from None
 
     def vocabulary_listing(self) -> str:
         """One line per token: id, then the token as text (escaped so whitespace shows)."""
@@ -162,44 +173,15 @@ class WordTokenizer(_TableTokenizer):
         return " ".join(self.tokens[i] for i in self._check_ids(ids))
 
 
-def _kinds() -> dict[str, type[Tokenizer]]:
-    from .bpe import BPETokenizer, GPT2Tokenizer  # bpe.py builds on this module
-
-    return {"char": CharTokenizer, "word": WordTokenizer, "bpe": BPETokenizer, "gpt2": GPT2Tokenizer}
-
-
-def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
-    """The tokenizer saved in a model directory or JSON file.
-
-    Recognises ``tokenizer.json`` (any kind saved by simple_llm) and GPT-2's own vocabulary files,
-    ``vocab.json`` + ``merges.txt`` (Hugging Face) or ``encoder.json`` + ``vocab.bpe`` (OpenAI).
-    """
-    path = Path(path)
-    if path.is_dir():
-        from .bpe import GPT2Tokenizer
-
-        if (path / TOKENIZER_FILE).is_file():
-            path = path / TOKENIZER_FILE
-        elif GPT2Tokenizer.files_in(path) is not None:
-            return GPT2Tokenizer.from_pretrained(path)
-        else:
-            raise TokenizerError(
-                f"no tokenizer in {path} (expected {TOKENIZER_FILE}, vocab.json + merges.txt, "
-                "or encoder.json + vocab.bpe)"
-            )
+def read_state(path: str | os.PathLike) -> dict[str, Any]:
+    """The JSON object of a tokenizer file (or of a directory's tokenizer.json)."""
+    path = _json_path(path)
     try:
         state = json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise TokenizerError(f"tokenizer file {path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise TokenizerError(f"tokenizer file {path} is damaged: {exc}") from None
-    kind = state.get("kind") if isinstance(state, dict) else None
-    kinds = _kinds()
-    if kind not in kinds:
-        raise TokenizerError(f"tokenizer file {path} names no known kind ({', '.join(kinds)}): {kind!r}")
-    try:
-        return kinds[kind]._from_state(state)
-    except TokenizerError as exc:
-        raise TokenizerError(f"tokenizer file {path} is damaged: {exc}") from None
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise TokenizerError(f"tokenizer file {path} is damaged: {type(exc).__name__}: {exc}") from None
+    if not isinstance(state, dict):
+        raise TokenizerError(f"tokenizer file {path} is damaged: not a JSON object")
+    return state

@@ -16,6 +16,7 @@ import csv
 import io
 import json
 import math
+import shlex
 import signal
 import sys
 import time
@@ -24,12 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
+from . import plotting
 from .checkpoint import CONFIG_FILE, read_config
-from .cli import CLIError, Parser, nonnegative_float, nonnegative_int, positive_int
+from .cli_args import CLIError, Parser, nonnegative_float, nonnegative_int, positive_int
+from .config import GPTConfig
 from .fileio import atomic_path, atomic_write_text, read_text_file, write_safetensors
-from .model import GPT, GPTConfig
+from .model import GPT
+from .modeldir import load_tokenizer
 from .optim import AdamW, clip_grad_norm, lr_at
-from .tokenizers import TOKENIZER_FILE, CharTokenizer, Tokenizer, WordTokenizer, load_tokenizer
+from .tokenizers import TOKENIZER_FILE, CharTokenizer, Tokenizer, WordTokenizer
 
 STATE_FILE = "train_state"
 LOG_FILE = "log.csv"
@@ -191,11 +195,22 @@ def load_state(directory: Path, model: GPT, opt: AdamW, rng: np.random.Generator
         if isinstance(exc, CLIError):
             raise
         raise CLIError(f"--resume: {path} is damaged ({exc})") from None
-    log_path = directory / LOG_FILE
-    if log_path.exists():
-        rows = list(csv.DictReader(io.StringIO(log_path.read_text(encoding="utf-8"))))
-        run.log = [{k: float(r[k]) for k in LOG_COLUMNS} for r in rows if float(r["step"]) <= run.step]
+    run.log = read_log(directory / LOG_FILE, run.step)
     return run
+
+
+def read_log(path: Path, last_step: int) -> list[dict]:
+    """The rows of log.csv up to last_step (none if there is no file); a damaged file is a CLIError."""
+    if not path.exists():
+        return []
+    try:
+        rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
+        log = [{k: float(r[k]) for k in LOG_COLUMNS} for r in rows]
+    except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as exc:
+        raise CLIError(
+            f"--resume: {path} is damaged ({type(exc).__name__}: {exc}); remove it to start a new log"
+        ) from None
+    return [row for row in log if row["step"] <= last_step]
 
 
 def write_log(directory: Path, log: list[dict]) -> None:
@@ -210,13 +225,10 @@ def write_log(directory: Path, log: list[dict]) -> None:
 def plot(directory: Path, log: list[dict]) -> bool:
     """loss.png: training and validation loss against step. False when matplotlib is missing."""
     try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
+        fig = plotting.figure(figsize=(7, 4), dpi=100)
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
+    ax = fig.subplots()
     steps = [r["step"] for r in log]
     ax.plot(steps, [r["train_loss"] for r in log], marker="o", label="train")
     ax.plot(steps, [r["val_loss"] for r in log], marker="o", label="validation")
@@ -227,7 +239,6 @@ def plot(directory: Path, log: list[dict]) -> bool:
     fig.tight_layout()
     with atomic_path(directory / PLOT_FILE) as tmp:
         fig.savefig(tmp, format="png")
-    plt.close(fig)
     return True
 
 
@@ -288,9 +299,126 @@ def encode(tok: Tokenizer, text: str) -> np.ndarray:
         raise CLIError(f"cannot tokenize --data with this tokenizer: {exc}") from None
 
 
-def run(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+class Trainer:
+    """nanoGPT's training loop in named steps: next_batch, train_step, evaluate, checkpoint."""
 
+    def __init__(self, args: argparse.Namespace, model: GPT, tok: Tokenizer, train: np.ndarray, val: np.ndarray):
+        self.args, self.model, self.tok, self.out = args, model, tok, Path(args.out)
+        self.train_batches = Batches(train, args.batch_size, args.block_size)
+        self.val_batches = Batches(val, args.batch_size, args.block_size)
+        self.opt = AdamW(
+            model.params, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8, weight_decay=args.weight_decay
+        )
+        self.rng = np.random.default_rng(args.seed)  # the training batches
+        self.run = load_state(self.out, model, self.opt, self.rng) if args.resume else Run()
+        self.decay_steps = args.lr_decay_steps or args.max_steps
+        self.tokens_per_s = 0.0
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.train_batches.sample(self.rng)
+
+    def train_step(self) -> float:
+        """One optimizer step on the next batch; returns its loss (not finite: nothing was changed)."""
+        a, run = self.args, self.run
+        self.opt.lr = lr_at(run.step, a.lr, a.min_lr, a.warmup_steps, self.decay_steps)
+        loss, grads = self.model.loss_and_grads(*self.next_batch())
+        if not math.isfinite(loss):
+            return loss
+        if a.grad_clip > 0:
+            clip_grad_norm(grads, a.grad_clip)
+        self.opt.step(grads)
+        run.step += 1
+        return loss
+
+    def evaluate(self) -> tuple[float, float]:
+        """(train, validation) loss, each a mean over --eval-steps batches of their own generator."""
+        a, step = self.args, self.run.step
+        return (
+            estimate_loss(self.model, self.train_batches, a.eval_steps, a.seed, step),
+            estimate_loss(self.model, self.val_batches, a.eval_steps, a.seed + 1, step),
+        )
+
+    def log_evaluation(self) -> None:
+        train_loss, val_loss = self.evaluate()
+        run = self.run
+        run.best_val = min(run.best_val, val_loss)
+        run.log.append(
+            dict(
+                step=run.step, lr=self.opt.lr, train_loss=train_loss, val_loss=val_loss, tokens_per_s=self.tokens_per_s
+            )
+        )
+        from tqdm import tqdm
+
+        tqdm.write(f"step {run.step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
+
+    def checkpoint(self) -> None:
+        """Everything in --out, each file atomically; train_state first: alone it is enough to resume."""
+        save_state(self.out, self.model, self.opt, self.rng, self.run)
+        self.model.save_pretrained(self.out, eos_token_id=self.tok.eos_id)
+        write_log(self.out, self.run.log)
+        plot(self.out, self.run.log)
+
+    def fit(self) -> int:
+        """Train to --max-steps (or the first Ctrl-C, after which the step in progress finishes and
+        everything is saved); the command's exit status."""
+        from tqdm import tqdm
+
+        a, run = self.args, self.run
+        start_step, training_seconds, started = run.step, 0.0, time.perf_counter()
+        tokens_per_step = a.batch_size * a.block_size
+        bar = tqdm(
+            total=a.max_steps,
+            initial=start_step,
+            disable=a.no_progress,
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        # NumPy's overflow warnings would bury the one line that a diverging run gets (below)
+        with StopFlag() as flag, np.errstate(all="ignore"):
+            while run.step < a.max_steps and not flag.stop:
+                step_start = time.perf_counter()
+                loss = self.train_step()
+                if not math.isfinite(loss):
+                    bar.close()
+                    print(
+                        f"simple_llm train: error: loss is not finite at step {run.step + 1} "
+                        f"(learning rate {self.opt.lr:.3g}); the last checkpoint in {self.out} is kept",
+                        file=sys.stderr,
+                    )
+                    return 1
+                training_seconds += time.perf_counter() - step_start
+                self.tokens_per_s = (run.step - start_step) * tokens_per_step / training_seconds
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{loss:.4f}", lr=f"{self.opt.lr:.2e}", tok_s=f"{self.tokens_per_s:,.0f}", refresh=False
+                )
+                if run.step % a.eval_interval == 0 or run.step == a.max_steps:
+                    self.log_evaluation()
+                    self.checkpoint()
+        bar.close()
+        if flag.stop:
+            self.checkpoint()
+            print(f"Interrupted at step {run.step}; saved in {self.out}. Continue with:\n  {resume_command(a)}")
+            return 0
+        have_plot = (self.out / PLOT_FILE).exists()
+        print(
+            f"done: {run.step} steps; best validation loss {run.best_val:.4f}; "
+            f"{time.perf_counter() - started:.1f} s in all, {self.tokens_per_s:,.0f} tokens/s while training. "
+            f"Saved in {self.out}" + ("" if have_plot else " (pip install matplotlib for loss.png)")
+        )
+        return 0
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The whole command line that continues this run: the flags it was started with, plus --resume."""
+    words = list(getattr(args, "argv", None) or ["--data", args.data, "--out", args.out])
+    if "--resume" not in words:
+        words.append("--resume")
+    return shlex.join(["python", "-m", "simple_llm", "train", *words])
+
+
+def run(args: argparse.Namespace) -> int:
     check_flags(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -298,93 +426,19 @@ def run(args: argparse.Namespace) -> int:
     text = read_text_file(args.data, "data file")
     model, tok = prepare(args, out, text)
     train, val = split(encode(tok, text), args.block_size)
-    train_batches = Batches(train, args.batch_size, args.block_size)
-    val_batches = Batches(val, args.batch_size, args.block_size)
-    opt = AdamW(model.params, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8, weight_decay=args.weight_decay)
-    rng = np.random.default_rng(args.seed)
-    run_state = load_state(out, model, opt, rng) if args.resume else Run()
+    trainer = Trainer(args, model, tok, train, val)
+    if args.resume:
+        if trainer.run.step >= args.max_steps:
+            raise CLIError(
+                f"--resume: {out} is already at step {trainer.run.step}; give a --max-steps above it to train on"
+            )
+        print(f"resuming from step {trainer.run.step} of {args.max_steps}", flush=True)
     out.mkdir(parents=True, exist_ok=True)
     if not args.resume:
         tok.save(out / TOKENIZER_FILE)
-    decay_steps = args.lr_decay_steps or args.max_steps
-    tokens_per_step = args.batch_size * args.block_size
     print(
-        f"{model.n_params:,} parameters; {args.tokenizer} tokenizer of {tok.vocab_size} tokens; "
+        f"{model.n_params:,} parameters; {tok.kind} tokenizer of {tok.vocab_size} tokens; "
         f"{len(train):,} training and {len(val):,} validation tokens",
         flush=True,
     )
-
-    def checkpoint(tokens_per_s: float) -> None:
-        train_loss = estimate_loss(model, train_batches, args.eval_steps, args.seed, run_state.step)
-        val_loss = estimate_loss(model, val_batches, args.eval_steps, args.seed + 1, run_state.step)
-        run_state.best_val = min(run_state.best_val, val_loss)
-        run_state.log.append(
-            {
-                "step": run_state.step,
-                "lr": opt.lr,
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "tokens_per_s": tokens_per_s,
-            }
-        )
-        tqdm.write(f"step {run_state.step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
-        save(tokens_per_s)
-
-    def save(tokens_per_s: float) -> None:
-        save_state(out, model, opt, rng, run_state)  # first: alone it is enough to resume
-        model.save_pretrained(out, eos_token_id=tok.eos_id)
-        write_log(out, run_state.log)
-        plot(out, run_state.log)
-
-    start_step, training_seconds = run_state.step, 0.0  # evaluation and saving not counted
-    started = time.perf_counter()
-    tokens_per_s = 0.0
-    bar = tqdm(
-        total=args.max_steps,
-        initial=start_step,
-        disable=args.no_progress,
-        unit="step",
-        dynamic_ncols=True,
-        file=sys.stderr,
-    )
-    # NumPy's overflow warnings would bury the one line that a diverging run gets (below)
-    with StopFlag() as flag, np.errstate(all="ignore"):
-        while run_state.step < args.max_steps and not flag.stop:
-            step_start = time.perf_counter()
-            opt.lr = lr_at(run_state.step, args.lr, args.min_lr, args.warmup_steps, decay_steps)
-            loss, grads = model.loss_and_grads(*train_batches.sample(rng))
-            if not math.isfinite(loss):
-                bar.close()
-                print(
-                    f"simple_llm train: error: loss is not finite at step {run_state.step + 1} "
-                    f"(learning rate {opt.lr:.3g}); the last checkpoint in {out} is kept",
-                    file=sys.stderr,
-                )
-                return 1
-            if args.grad_clip > 0:
-                clip_grad_norm(grads, args.grad_clip)
-            opt.step(grads)
-            run_state.step += 1
-            training_seconds += time.perf_counter() - step_start
-            tokens_per_s = (run_state.step - start_step) * tokens_per_step / training_seconds
-            bar.update(1)
-            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{opt.lr:.2e}", tok_s=f"{tokens_per_s:,.0f}", refresh=False)
-            if run_state.step % args.eval_interval == 0 or run_state.step == args.max_steps:
-                checkpoint(tokens_per_s)
-    bar.close()
-    if flag.stop:
-        save(tokens_per_s)
-        print(
-            f"Interrupted at step {run_state.step}; saved in {out}. Continue with:\n"
-            f"  python -m simple_llm train --data {args.data} --out {out} --resume "
-            f"--max-steps {args.max_steps} (and the same flags as before)"
-        )
-        return 0
-    elapsed = time.perf_counter() - started
-    have_plot = (out / PLOT_FILE).exists()
-    print(
-        f"done: {run_state.step} steps; best validation loss {run_state.best_val:.4f}; "
-        f"{elapsed:.1f} s in all, {tokens_per_s:,.0f} tokens/s while training. Saved in {out}"
-        + ("" if have_plot else " (pip install matplotlib for loss.png)")
-    )
-    return 0
+    return trainer.fit()

@@ -84,7 +84,8 @@ def test_bad_data_file_is_one_line_and_exit_2(tmp_path, content, fragment):
 @pytest.mark.parametrize(
     "args, fragment",
     [
-        (["fr"], "invalid choice: 'fr'"),
+        (["fr"], "unknown command 'fr'; the commands are en, ja, train"),
+        (["trian", "--data", "x"], "unknown command 'trian' (did you mean train?)"),
         (["en", "--epochs", "0"], "--epochs: must be a positive integer"),
         (["en", "--temperature", "-1"], "--temperature: must be a number >= 0"),
         (["en", "--frobnicate"], "unrecognized arguments: --frobnicate"),

@@ -49,8 +49,6 @@ def valid_args(name: str, dt, B=2, T=3, C=4, NH=2, V=5):
         "softmax_forward": [f(N, V), f(N, V)],
         "attention_softmax_forward": [f(B, NH, T, T), 0.5],
         "attention_softmax_backward": [f(B, NH, T, T), np.abs(f(B, NH, T, T)), 0.5],
-        "attention_forward": [f(B, T, C), f(B, NH, T, T), f(B, T, 3 * C), NH],
-        "attention_backward": [f(B, T, 3 * C), f(B, NH, T, T), f(B, T, C), f(B, T, 3 * C), np.abs(f(B, NH, T, T)), NH],
         "gelu_forward": [f(N, C), f(N, C), f(N, C)],
         "gelu_backward": [f(N, C), f(N, C), np.tanh(f(N, C)), f(N, C)],
         "crossentropy_forward": [f(N), f(N), f(N, V), r.integers(-1, V, N)],
@@ -61,7 +59,7 @@ def valid_args(name: str, dt, B=2, T=3, C=4, NH=2, V=5):
 
 KERNELS = [
     "encoder_forward", "encoder_backward", "layernorm_forward", "layernorm_backward", "softmax_forward",
-    "attention_softmax_forward", "attention_softmax_backward", "attention_forward", "attention_backward",
+    "attention_softmax_forward", "attention_softmax_backward",
     "gelu_forward", "gelu_backward", "crossentropy_forward", "crossentropy_backward", "adamw_update",
 ]  # fmt: skip
 
@@ -251,7 +249,7 @@ CLI_CASES = [
     (["generate", "--model", "{m}"], "required: --prompt"),
     (["generate", "--model", "{d}", "--prompt", "x"], "config.json does not exist"),
     (["generate", "--model", "{m}", "--prompt", "x", "--temperature", "hot"], "--temperature: must be a number"),
-    (["generate", "--model", "{m}", "--prompt", "x", "--top-k", "0"], "--top-k: must be a positive integer"),
+    (["generate", "--model", "{m}", "--prompt", "x", "--top-k", "-1"], "--top-k: must be an integer >= 0"),
     (["generate", "--model", "{m}", "--prompt", "zzz"], "'z' is not in this tokenizer's vocabulary"),
     (["chat"], "required: --model"),
     (["chat", "--model", "/no/such/dir"], "not a checkpoint directory"),
@@ -264,7 +262,7 @@ CLI_CASES = [
     (["en", "--data", "{d}"], "is a directory"),
     (["en", "--max-new-tokens", "0"], "--max-new-tokens: must be a positive integer"),
     (["en", "--top-p", "0"], "--top-p: must be a number in (0, 1]"),
-    (["xx"], "invalid choice: 'xx'"),
+    (["xx"], "unknown command 'xx'"),
 ]
 
 

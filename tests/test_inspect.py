@@ -79,7 +79,8 @@ def test_pca_finds_the_direction_of_largest_spread():
     rng = np.random.default_rng(0)
     wte = rng.standard_normal((200, 8)) * 0.01
     wte[:, 3] += np.linspace(-5, 5, 200)  # almost all the variance along channel 3
-    xy = embedding_pca(wte)
+    xy, share = embedding_pca(wte)
+    assert share[0] > 0.99 and share[1] < 0.01  # the shares of the variance
     assert abs(np.corrcoef(xy[:, 0], wte[:, 3])[0, 1]) > 0.999
 
 

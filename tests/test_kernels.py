@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from support import TOL, compiled_kernels, numgrad, rel_err
 
-from simple_llm import fallback, kernels
+from simple_llm import GPT, GPTConfig, fallback, kernels
 
 B, T, C, NH, V = 2, 5, 12, 3, 7
 
@@ -56,6 +56,12 @@ def ref_crossentropy(logits, targets):
     return np.array([-logp[i, t] if t >= 0 else 0.0 for i, t in enumerate(targets)])
 
 
+def attention(n_head=NH):
+    """A CausalSelfAttention layer: its attend / attend_backward compose the softmax kernels with
+    the batched matrix products."""
+    return GPT(GPTConfig(vocab_size=V, n_ctx=T + 4, n_embd=C, n_head=n_head, n_layer=1)).h[0].attn
+
+
 # forward kernels against the formulas (fallback) --------------------------------------------------
 
 
@@ -80,7 +86,7 @@ def test_layernorm_forward_formula(backend, dtype):
 def test_attention_forward_formula(backend, dtype, Tq):
     qkv = rand(B, T, 3 * C, dtype=dtype)
     out, att = np.zeros((B, Tq, C), dtype), np.full((B, NH, Tq, T), np.nan, dtype)
-    kernels.attention_forward(out, att, qkv, NH)
+    attention().attend(out, att, qkv)
     np.testing.assert_allclose(out, ref_attention(qkv.astype(np.float64), NH, Tq), **TOL[dtype])
     np.testing.assert_allclose(att.sum(-1), 1.0, **TOL[dtype])  # each row is a distribution
     future = np.triu(np.ones((Tq, T), bool), k=T - Tq + 1)
@@ -93,8 +99,8 @@ def test_attention_forward_on_a_cache_slice(backend, dtype):
     view = cache[:, :T]
     out1, att1 = np.zeros((B, 2, C), dtype), np.zeros((B, NH, 2, T), dtype)
     out2, att2 = np.zeros_like(out1), np.zeros_like(att1)
-    kernels.attention_forward(out1, att1, view, NH)
-    kernels.attention_forward(out2, att2, np.ascontiguousarray(view), NH)
+    attention().attend(out1, att1, view)
+    attention().attend(out2, att2, np.ascontiguousarray(view))
     np.testing.assert_array_equal(out1, out2)
 
 
@@ -190,18 +196,20 @@ def test_layernorm_backward_numeric(backend):
 def test_attention_backward_numeric(backend, dropout):
     qkv = rand(B, T, 3 * C)
     R = rand(B, T, C, seed=3)
-    mask = None
+    mask = dropped = None
     if dropout:
         mask = (np.random.default_rng(5).random((B, NH, T, T)) > 0.3) / 0.7
+        dropped = np.zeros_like(mask)
     out, att = np.zeros((B, T, C)), np.zeros((B, NH, T, T))
+    layer = attention()
 
     def loss():
-        kernels.attention_forward(out, att, qkv, NH, mask)
+        layer.attend(out, att, qkv, mask, dropped)
         return float((out * R).sum())
 
     loss()
     dqkv, datt = np.full_like(qkv, np.nan), np.zeros_like(att)  # dqkv is written, not added to
-    kernels.attention_backward(dqkv, datt, R, qkv, att, NH, mask)
+    layer.attend_backward(dqkv, datt, R, qkv, att, mask, dropped)
     assert rel_err(dqkv, numgrad(loss, qkv)) < 1e-7
 
 
@@ -337,6 +345,32 @@ def test_non_contiguous_output_is_refused(backend):
         kernels.layernorm_forward(out, np.zeros(4), np.zeros(4), x, np.ones(C), np.zeros(C), 1e-5)
 
 
-def test_heads_must_divide_channels(backend):
-    with pytest.raises(ValueError, match="n_head 5"):
-        kernels.attention_forward(np.zeros((1, 2, C)), np.zeros((1, 5, 2, 2)), rand(1, 2, 3 * C), 5)
+def test_more_queries_than_keys_is_refused_before_any_write(backend):
+    """Tq > T would put query 0 before position 0: the compiled loop wrote before the array."""
+    big = np.full((2, 1, 5, 2), 7.0)
+    with pytest.raises(ValueError, match="5 queries but only 2 keys"):
+        kernels.attention_softmax_forward(big[1:], 1.0)
+    assert np.all(big == 7.0)
+    with pytest.raises(ValueError, match="5 queries but only 2 keys"):
+        kernels.attention_softmax_backward(big[1:].copy(), big[1:], 1.0)
+
+
+@pytest.mark.parametrize("scale", [-1.0, 0.0, np.inf, np.nan])
+def test_attention_scale_must_be_positive(backend, scale):
+    att = rand(1, 1, 3, 3)
+    with pytest.raises(ValueError, match="scale must be"):
+        kernels.attention_softmax_forward(att, scale)
+    with pytest.raises(ValueError, match="scale must be"):
+        kernels.attention_softmax_backward(att.copy(), att, scale)
+
+
+def test_overlapping_outputs_are_refused(backend):
+    """An output may be its input exactly (in place) but must not overlap another argument."""
+    x = rand(8, C)
+    with pytest.raises(ValueError, match="probs overlaps logits"):
+        kernels.softmax_forward(x[:4], x[1:5])
+    buf = np.zeros(2 * 4)
+    with pytest.raises(ValueError, match="mean overlaps rstd"):
+        kernels.layernorm_forward(np.zeros((4, C)), buf[:4], buf[2:6], rand(4, C), np.ones(C), np.zeros(C), 1e-5)
+    kernels.softmax_forward(x, x)  # in place is allowed
+    np.testing.assert_allclose(x.sum(1), 1.0)

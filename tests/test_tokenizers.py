@@ -50,7 +50,7 @@ def test_save_load_to_dir_and_file(tmp_path, make):
         ('{"kind": "klingon"}', "names no known kind"),
         ('{"kind": "word", "tokens": [1, 2]}', "is damaged"),
         ('{"kind": "char", "tokens": ["a", "a"]}', "duplicate"),
-        ("[1, 2, 3]", "names no known kind"),
+        ("[1, 2, 3]", "not a JSON object"),
     ],
 )
 def test_damaged_tokenizer_file_is_one_clear_error(tmp_path, content, fragment):

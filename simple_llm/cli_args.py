@@ -1,0 +1,83 @@
+"""What every command's parser shares: one-line usage errors, argument types, the sampling flags.
+
+The command modules import this (never cli.py, never each other); cli.py dispatches to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any, NoReturn
+
+
+class CLIError(Exception):
+    """Bad input from the user: reported in one line, exit status 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (argparse prints the whole usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise CLIError(message)
+
+
+def _argument_type(parse: Callable[[str], Any], ok: Callable[[Any], bool], must: str) -> Callable[[str], Any]:
+    """An argparse type: parse the text, and say in one line what it must be when it is not."""
+
+    def convert(text: str) -> Any:
+        try:
+            value = parse(text)
+        except ValueError:
+            value = None
+        if value is None or not ok(value):
+            raise argparse.ArgumentTypeError(f"must be {must}, not {text!r}")
+        return value
+
+    return convert
+
+
+positive_int = _argument_type(int, lambda v: v > 0, "a positive integer")
+nonnegative_int = _argument_type(int, lambda v: v >= 0, "an integer >= 0")
+nonnegative_float = _argument_type(float, lambda v: 0.0 <= v < float("inf"), "a number >= 0")
+unit_interval = _argument_type(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")  # top-p
+
+
+def add_sampling_flags(
+    p: argparse.ArgumentParser, max_new_tokens: int, temperature: float = 0.0, top_k: int = 0
+) -> None:
+    p.add_argument(
+        "--max-new-tokens",
+        type=positive_int,
+        default=max_new_tokens,
+        metavar="N",
+        help=f"stop after N new tokens (default {max_new_tokens})",
+    )
+    p.add_argument(
+        "--temperature",
+        type=nonnegative_float,
+        default=temperature,
+        metavar="T",
+        help=f"0 = greedy; above 0 samples, higher is more random (default {temperature:g})",
+    )
+    p.add_argument(
+        "--top-k",
+        type=nonnegative_int,
+        default=top_k,
+        metavar="K",
+        help=f"sample only among the K most likely tokens; 0 = no limit (default {top_k})",
+    )
+    p.add_argument(
+        "--top-p",
+        type=unit_interval,
+        default=None,
+        metavar="P",
+        help="sample only among the most likely tokens that together reach probability P (default: no limit)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="random seed of the session's one random stream (default 0)")
+    p.add_argument(
+        "--show-probs",
+        type=nonnegative_int,
+        default=0,
+        metavar="K",
+        help="under each generated token, list the K most likely tokens with bars (default 0: off)",
+    )
