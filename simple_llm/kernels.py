@@ -54,16 +54,12 @@ def openmp_threads() -> int:
 # argument checks ---------------------------------------------------------------------------------
 
 
-def _check(fn: str, dtype: Any, inner_only: tuple[str, ...] = (), **arrays: tuple[Any, tuple]) -> None:
+def _check(fn: str, dtype: Any, **arrays: tuple[Any, tuple]) -> None:
     """Check ``name=(array, shape)`` pairs: an ndarray of ``dtype`` and that shape, C-contiguous.
 
-    A ``None`` in a shape accepts any size there (but not an empty array). Names in ``inner_only``
-    need only a contiguous last axis (a slice of a key/value cache along time, for instance). Only
-    ``mask`` may be None.
+    A ``None`` in a shape accepts any size there (but not an empty array).
     """
     for name, (a, shape) in arrays.items():
-        if a is None and name == "mask":  # dropout off
-            continue
         if type(a) is not np.ndarray:
             raise ValueError(f"{fn}: {name} must be a numpy array, not {type(a).__name__}")
         if a.dtype != dtype:
@@ -75,10 +71,7 @@ def _check(fn: str, dtype: Any, inner_only: tuple[str, ...] = (), **arrays: tupl
             raise ValueError(f"{fn}: {name} has shape {a.shape}, expected {want}")
         if a.size == 0:  # the compiled loops start from &a[0]: there must be one
             raise ValueError(f"{fn}: {name} is empty (shape {a.shape})")
-        if name in inner_only:
-            if a.strides[-1] != a.itemsize:
-                raise ValueError(f"{fn}: {name} must be contiguous along its last axis")
-        elif not a.flags.c_contiguous:
+        if not a.flags.c_contiguous:
             raise ValueError(f"{fn}: {name} must be C-contiguous")
 
 
@@ -93,14 +86,14 @@ def _number(fn: str, name: str, x: Any, low: float = -np.inf, high: float = np.i
     return float(x)
 
 
-def _separate(fn: str, outputs: tuple[str, ...], in_place: tuple[tuple[str, str], ...] = (), **arrays: Any) -> None:
+def _separate(fn: str, outputs: tuple[str, ...], in_place: tuple[tuple[str, str], ...], **arrays: Any) -> None:
     """Each output shares no memory with any other argument, except an in-place pair (out, inp)
     that is the very same array: a partial overlap would make each backend read what it (or another
     thread) had already written, in its own order."""
     for out in outputs:
         a = arrays[out]
         for name, b in arrays.items():
-            if name == out or b is None or not np.may_share_memory(a, b):
+            if name == out or not np.may_share_memory(a, b):
                 continue
             same = a.__array_interface__["data"][0] == b.__array_interface__["data"][0] and a.shape == b.shape
             if not (same and ((out, name) in in_place or (name, out) in in_place)):
@@ -146,7 +139,7 @@ def encoder_forward(out: np.ndarray, idx: np.ndarray, wte: np.ndarray, wpe: np.n
         raise ValueError(f"{fn}: idx has {T} positions but wpe only {wpe.shape[0]}")
     _index_range(fn, "idx", idx, 0, V)
     _writable(fn, out=out)
-    _separate(fn, ("out",), out=out, idx=idx, wte=wte, wpe=wpe)
+    _separate(fn, ("out",), (), out=out, idx=idx, wte=wte, wpe=wpe)
     impl.encoder_forward(out, idx, wte, wpe)
 
 
@@ -162,7 +155,7 @@ def encoder_backward(dwte: np.ndarray, dwpe: np.ndarray, dout: np.ndarray, idx: 
         raise ValueError(f"{fn}: idx has {T} positions but dwpe only {dwpe.shape[0]}")
     _index_range(fn, "idx", idx, 0, V)
     _writable(fn, dwte=dwte, dwpe=dwpe)
-    _separate(fn, ("dwte", "dwpe"), dwte=dwte, dwpe=dwpe, dout=dout, idx=idx)
+    _separate(fn, ("dwte", "dwpe"), (), dwte=dwte, dwpe=dwpe, dout=dout, idx=idx)
     impl.encoder_backward(dwte, dwpe, dout, idx)
 
 
@@ -182,10 +175,18 @@ def layernorm_forward(
     fn = "layernorm_forward"
     dt = _float_dtype(fn, "inp", inp)
     N, C = _shape(fn, "inp", inp, 2)
-    arrays = dict(out=out, mean=mean, rstd=rstd, inp=inp, weight=weight, bias=bias)
-    _check(fn, dt, **{n: (a, s) for (n, a), s in zip(arrays.items(), [(N, C), (N,), (N,), (N, C), (C,), (C,)])})
+    _check(
+        fn,
+        dt,
+        out=(out, (N, C)),
+        mean=(mean, (N,)),
+        rstd=(rstd, (N,)),
+        inp=(inp, (N, C)),
+        weight=(weight, (C,)),
+        bias=(bias, (C,)),
+    )
     _writable(fn, out=out, mean=mean, rstd=rstd)
-    _separate(fn, ("out", "mean", "rstd"), **arrays)
+    _separate(fn, ("out", "mean", "rstd"), (), out=out, mean=mean, rstd=rstd, inp=inp, weight=weight, bias=bias)
     impl.layernorm_forward(out, mean, rstd, inp, weight, bias, _number(fn, "eps", eps, 0.0, low_open=True))
 
 
@@ -203,11 +204,21 @@ def layernorm_backward(
     fn = "layernorm_backward"
     dt = _float_dtype(fn, "inp", inp)
     N, C = _shape(fn, "inp", inp, 2)
-    arrays = dict(dinp=dinp, dweight=dweight, dbias=dbias, dout=dout, inp=inp, weight=weight, mean=mean, rstd=rstd)
-    shapes = [(N, C), (C,), (C,), (N, C), (N, C), (C,), (N,), (N,)]
-    _check(fn, dt, **{n: (a, s) for (n, a), s in zip(arrays.items(), shapes)})
+    _check(
+        fn,
+        dt,
+        dinp=(dinp, (N, C)),
+        dweight=(dweight, (C,)),
+        dbias=(dbias, (C,)),
+        dout=(dout, (N, C)),
+        inp=(inp, (N, C)),
+        weight=(weight, (C,)),
+        mean=(mean, (N,)),
+        rstd=(rstd, (N,)),
+    )
     _writable(fn, dinp=dinp, dweight=dweight, dbias=dbias)
-    _separate(fn, ("dinp", "dweight", "dbias"), **arrays)
+    grads = dict(dinp=dinp, dweight=dweight, dbias=dbias)
+    _separate(fn, tuple(grads), (), **grads, dout=dout, inp=inp, weight=weight, mean=mean, rstd=rstd)
     impl.layernorm_backward(dinp, dweight, dbias, dout, inp, weight, mean, rstd)
 
 
@@ -254,7 +265,7 @@ def attention_softmax_backward(datt: np.ndarray, att: np.ndarray, scale: float) 
     _attention_rows(fn, att)
     _check(fn, dt, datt=(datt, att.shape))
     _writable(fn, datt=datt)
-    _separate(fn, ("datt",), datt=datt, att=att)
+    _separate(fn, ("datt",), (), datt=datt, att=att)
     impl.attention_softmax_backward(datt, att, _number(fn, "scale", scale, 0.0, low_open=True))
 
 
@@ -294,7 +305,7 @@ def crossentropy_forward(losses: np.ndarray, lse: np.ndarray, logits: np.ndarray
     _check(fn, dt, losses=(losses, (N,)), lse=(lse, (N,)), logits=(logits, (N, V)))
     _index_range(fn, "targets", targets, -1, V)
     _writable(fn, losses=losses, lse=lse)
-    _separate(fn, ("losses", "lse"), losses=losses, lse=lse, logits=logits, targets=targets)
+    _separate(fn, ("losses", "lse"), (), losses=losses, lse=lse, logits=logits, targets=targets)
     impl.crossentropy_forward(losses, lse, logits, targets)
 
 
@@ -343,5 +354,5 @@ def adamw_update(
         weight_decay=_number(fn, "weight_decay", weight_decay),
     )
     _writable(fn, params=params, m=m, v=v)
-    _separate(fn, ("params", "m", "v"), params=params, grads=grads, m=m, v=v)
+    _separate(fn, ("params", "m", "v"), (), params=params, grads=grads, m=m, v=v)
     impl.adamw_update(params, grads, m, v, *hyper.values(), int(step))

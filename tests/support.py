@@ -13,12 +13,25 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED = ROOT.parent / "shared"
+DATA = Path(__file__).resolve().parent / "data"  # excerpts of ../shared/corpus, so no test needs it
+
+
+def corpus(name: str) -> Path:
+    """A real corpus: ../shared/corpus/NAME.txt, or the excerpt in tests/data where it is absent."""
+    full = SHARED / "corpus" / f"{name}.txt"
+    return full if full.exists() else DATA / f"{name}_excerpt.txt"
+
+
+PURE_PYTHON = os.environ.get("SIMPLE_LLM_PURE_PYTHON", "").strip() not in ("", "0")
 REQUIRE_COMPILED = os.environ.get("SIMPLE_LLM_REQUIRE_COMPILED", "").strip() not in ("", "0")
 TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-10, atol=1e-12)}
 
 
 def compiled_kernels():
-    """The compiled module, or skip (fail under SIMPLE_LLM_REQUIRE_COMPILED) when it is not built."""
+    """The compiled module, or skip (fail under SIMPLE_LLM_REQUIRE_COMPILED) when it is not built,
+    and skip when SIMPLE_LLM_PURE_PYTHON forces the fallback everywhere."""
+    if PURE_PYTHON:
+        pytest.skip("SIMPLE_LLM_PURE_PYTHON=1: the fallback is forced everywhere")
     try:
         from simple_llm import _kernels
     except ImportError as exc:

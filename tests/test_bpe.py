@@ -8,7 +8,7 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import SHARED
+from support import corpus
 
 from simple_llm import load_tokenizer
 from simple_llm.bpe import ENDOFTEXT, BPETokenizer, learn_merges, merge_piece
@@ -87,10 +87,7 @@ def test_any_text_round_trips(trained, text):
 
 
 def test_japanese_without_spaces():
-    path = SHARED / "corpus" / "ja_manpages.txt"
-    if not path.exists():
-        pytest.skip(f"{path} is not present")
-    text = path.read_text(encoding="utf-8")[:200_000]
+    text = corpus("ja_manpages").read_text(encoding="utf-8")[:200_000]
     tok = BPETokenizer.train(text, 512)
     ids = tok.encode(text)
     assert tok.decode(ids) == text

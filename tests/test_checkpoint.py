@@ -116,3 +116,60 @@ def test_missing_pieces(tmp_path):
     (tmp_path / "config.json").write_text('{"vocab_size": 30, "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 2}')
     with pytest.raises(CheckpointError, match=r"model\.safetensors does not exist"):
         GPT.from_pretrained(tmp_path)
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("activation_function", "relu"),
+        ("activation_function", "gelu"),  # erf GELU: another function than GPT-2's tanh one
+        ("scale_attn_weights", False),
+        ("scale_attn_by_inverse_layer_idx", True),
+        ("reorder_and_upcast_attn", True),
+        ("n_inner", 16),
+    ],
+)
+def test_configs_that_compute_another_model_are_refused(saved, field, value):
+    _, path = saved
+    config = json.loads((path / "config.json").read_text())
+    config[field] = value
+    (path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match=f"{field} {json.dumps(value)} is not supported"):
+        GPT.from_pretrained(path)
+
+
+@pytest.mark.parametrize("field, value", [("activation_function", "gelu_pytorch_tanh"), ("n_inner", 32)])
+def test_other_spellings_of_gpt2_are_accepted(saved, field, value):
+    model, path = saved
+    config = json.loads((path / "config.json").read_text())
+    config[field] = value  # the same tanh GELU; n_inner = 4 * n_embd
+    (path / "config.json").write_text(json.dumps(config))
+    np.testing.assert_array_equal(GPT.from_pretrained(path).params.flat, model.params.flat)
+
+
+def test_an_untied_output_layer_is_refused(saved):
+    _, path = saved
+    tensors = load_file(path / "model.safetensors")
+    head = tensors["transformer.wte.weight"].copy()
+    head[0, 0] += 1e-6  # even a tiny difference is another model
+    save_file({**tensors, "lm_head.weight": head}, path / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(CheckpointError, match=r"lm_head\.weight differs from wte\.weight"):
+        GPT.from_pretrained(path)
+    save_file(tensors, path / "model.safetensors", metadata={"format": "pt"})
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "tie_word_embeddings": False}))
+    with pytest.raises(CheckpointError, match="tie_word_embeddings is not true and there is no lm_head"):
+        GPT.from_pretrained(path)
+
+
+def test_saved_files_follow_the_umask(tmp_path):
+    """Written as any tool writes them: 0666 less the umask (0644 under umask 022), not 0600."""
+    import os
+
+    old = os.umask(0o022)
+    try:
+        GPT(CFG).save_pretrained(tmp_path)
+    finally:
+        os.umask(old)
+    for name in ("config.json", "model.safetensors"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name

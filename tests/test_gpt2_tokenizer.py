@@ -3,15 +3,16 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from support import SHARED
+from support import corpus
 
-from simple_llm import load_tokenizer
+from simple_llm import TokenizerError, load_tokenizer
 from simple_llm.bpe import ENDOFTEXT, GPT2Tokenizer
 
 tiktoken = pytest.importorskip("tiktoken")
@@ -56,12 +57,9 @@ def test_same_ids_as_tiktoken(ours, reference, text):
     assert ours.decode(ours.encode(text)) == text
 
 
-@pytest.mark.parametrize("name", ["shakespeare.txt", "ja_manpages.txt"])
+@pytest.mark.parametrize("name", ["shakespeare", "ja_manpages"])
 def test_same_ids_as_tiktoken_on_real_corpora(ours, reference, name):
-    path = SHARED / "corpus" / name
-    if not path.exists():
-        pytest.skip(f"{path} is not present")
-    text = path.read_text(encoding="utf-8")[:300_000]
+    text = corpus(name).read_text(encoding="utf-8")[:300_000]
     ids = ours.encode_ordinary(text)
     assert ids == reference.encode_ordinary(text)
     assert ours.decode(ids) == text
@@ -96,4 +94,29 @@ def test_inconsistent_files_are_refused(tmp_path):
     merges[1], merges[2] = merges[2], merges[1]  # two merges out of rank order
     (tmp_path / "vocab.bpe").write_text("\n".join(merges), encoding="utf-8")
     with pytest.raises(ValueError, match="does not make token"):
+        GPT2Tokenizer.from_files(FILES / "encoder.json", tmp_path / "vocab.bpe")
+
+
+@pytest.mark.parametrize(
+    "encoder, merges, fragment",
+    [
+        ({"a": "0", "b": 1}, ["a b"], "integer id"),
+        ({"a": 1.5}, [], "integer id"),
+        ({"a": True}, [], "integer id"),
+        ({}, [], "empty"),
+        ({"a": 0, "b": 1}, ["a b"], "256 bytes first"),
+    ],
+)
+def test_malformed_vocabulary_files_are_one_tokenizer_error(tmp_path, encoder, merges, fragment):
+    (tmp_path / "vocab.json").write_text(json.dumps(encoder), encoding="utf-8")
+    (tmp_path / "merges.txt").write_text("\n".join(merges), encoding="utf-8")
+    with pytest.raises(TokenizerError, match=fragment):
+        load_tokenizer(tmp_path)
+
+
+def test_a_merge_of_characters_that_stand_for_no_byte_is_refused(tmp_path):
+    merges = (FILES / "vocab.bpe").read_text(encoding="utf-8").splitlines()
+    merges[1] = "\u4e00 \u4e01"  # characters outside GPT-2's byte alphabet
+    (tmp_path / "vocab.bpe").write_text("\n".join(merges), encoding="utf-8")
+    with pytest.raises(TokenizerError, match="is not byte-level"):
         GPT2Tokenizer.from_files(FILES / "encoder.json", tmp_path / "vocab.bpe")

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support import assert_one_line_error, run_cli
+from support import assert_one_line_error, compiled_kernels, run_cli
 
 from simple_llm import (
     GPT,
@@ -21,6 +21,7 @@ from simple_llm import (
     GPTConfig,
     TokenizerError,
     WordTokenizer,
+    fallback,
     kernels,
     load_tokenizer,
 )
@@ -95,6 +96,89 @@ def test_fuzzed_kernel_arguments_raise_value_error_or_run(backend, kernel, which
         getattr(kernels, kernel)(*args)
     except ValueError as exc:
         assert kernel in str(exc) or "n_head" in str(exc) or "step" in str(exc), str(exc)
+
+
+GUARD = 8  # elements of sentinel before and after each array in its own buffer
+
+
+def inconsistent(args: list, how: int, rng: np.random.Generator) -> tuple[list, list]:
+    """Arguments of the right types and layouts that do not fit together: one axis one too long or
+    short, an output overlapping another argument (exactly or shifted by one element), or a number
+    out of its range. Returned as a recipe -- per argument (buffer, offset, shape) or a number -- and
+    the buffers, each array with GUARD sentinels on both sides, so that both backends can be given
+    the very same layout."""
+    buffers, recipe = [], []
+    for a in args:
+        if isinstance(a, np.ndarray):
+            buf = np.full(a.size + 2 * GUARD, 0 if a.dtype.kind == "i" else 777.0, a.dtype)
+            buf[GUARD : GUARD + a.size] = a.reshape(-1)
+            buffers.append(buf)
+            recipe.append((len(buffers) - 1, GUARD, a.shape))
+        else:
+            recipe.append(a)
+    arrays = [i for i, r in enumerate(recipe) if isinstance(r, tuple)]
+    numbers = [i for i, r in enumerate(recipe) if not isinstance(r, tuple)]
+    kind = how % 3 if numbers else how % 2
+    if kind == 0:  # one axis off by one, filled with fresh values
+        i = arrays[rng.integers(len(arrays))]
+        b, _, shape = recipe[i]
+        axis = int(rng.integers(len(shape)))
+        shape = tuple(n + (1 if rng.random() < 0.5 or n == 1 else -1) if k == axis else n for k, n in enumerate(shape))
+        size = int(np.prod(shape))
+        buf = np.full(size + 2 * GUARD, buffers[b][0], buffers[b].dtype)
+        buf[GUARD:-GUARD] = rng.integers(0, 3, size) if buf.dtype.kind == "i" else rng.standard_normal(size)
+        buffers[b] = buf
+        recipe[i] = (b, GUARD, shape)
+    elif kind == 1 and len(arrays) > 1:  # argument j laid over argument i's memory
+        i, j = rng.choice(arrays, 2, replace=False)
+        (bi, _, _), (bj, _, shape_j) = recipe[i], recipe[j]
+        shift = int(rng.integers(2))
+        if buffers[bi].dtype == buffers[bj].dtype and int(np.prod(shape_j)) + shift <= buffers[bi].size - GUARD:
+            recipe[j] = (bi, GUARD + shift, shape_j)
+    elif numbers:  # a number out of its range
+        i = numbers[rng.integers(len(numbers))]
+        recipe[i] = [-1.0, 0.0, 1.0, -0.5, 2.0][int(rng.integers(5))] if isinstance(recipe[i], float) else 0
+    return recipe, buffers
+
+
+def call_laid_out(module, kernel: str, recipe: list, buffers: list) -> tuple[list, Exception | None]:
+    """Call the checked kernel with `module` as the backend on copies of the buffers."""
+    bufs = [b.copy() for b in buffers]
+    args = [bufs[r[0]][r[1] : r[1] + int(np.prod(r[2]))].reshape(r[2]) if isinstance(r, tuple) else r for r in recipe]
+    saved, kernels.impl = kernels.impl, module
+    try:
+        getattr(kernels, kernel)(*args)
+        raised = None
+    except ValueError as exc:
+        raised = exc
+    finally:
+        kernels.impl = saved
+    return bufs, raised
+
+
+@FUZZ
+@given(
+    kernel=st.sampled_from(KERNELS),
+    how=st.integers(0, 1000),
+    dt=st.sampled_from([np.float32, np.float64]),
+)
+def test_inconsistent_kernel_arguments_raise_or_match_the_fallback(kernel, how, dt):
+    """Every call either raises a ValueError naming the kernel, or gives on the compiled backend what
+    it gives on the fallback, with nothing written outside any argument (the GUARD sentinels)."""
+    compiled = compiled_kernels()
+    recipe, buffers = inconsistent(valid_args(kernel, dt), how, np.random.default_rng(how))
+    (ours, raised), (theirs, raised_f) = (call_laid_out(m, kernel, recipe, buffers) for m in (compiled, fallback))
+    assert (raised is None) == (raised_f is None), (raised, raised_f)
+    if raised is not None:
+        assert str(raised).startswith(kernel + ":"), str(raised)
+        return
+    tol = {np.float32: dict(rtol=1e-4, atol=1e-5), np.float64: dict(rtol=1e-9, atol=1e-12)}[dt]
+    for before, a, b in zip(buffers, ours, theirs):
+        for result in (a, b):
+            np.testing.assert_array_equal(result[:GUARD], before[:GUARD], err_msg="written before the array")
+            np.testing.assert_array_equal(result[-GUARD:], before[-GUARD:], err_msg="written after the array")
+        if a.dtype.kind == "f":
+            np.testing.assert_allclose(a, b, equal_nan=True, err_msg=kernel, **tol)
 
 
 @pytest.mark.parametrize("kernel", KERNELS)

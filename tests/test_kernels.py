@@ -374,3 +374,50 @@ def test_overlapping_outputs_are_refused(backend):
         kernels.layernorm_forward(np.zeros((4, C)), buf[:4], buf[2:6], rand(4, C), np.ones(C), np.zeros(C), 1e-5)
     kernels.softmax_forward(x, x)  # in place is allowed
     np.testing.assert_allclose(x.sum(1), 1.0)
+
+
+# float32 accuracy, pinned with float32-sized tolerances -------------------------------------------
+
+
+def test_float32_exp_is_within_its_bound(backend):
+    """exp over the whole range the kernels call it on (x <= 0, down to float32's smallest normal):
+    softmax([0, x]) gives exp(x) = p[1] / p[0] with two roundings (~1.2e-7) beside exp's 2e-7."""
+    x = np.concatenate([np.linspace(-87.3, 0, 400_001), np.random.default_rng(0).uniform(-87.3, 0, 100_000)])
+    rows = np.stack([np.zeros_like(x), x], axis=1).astype(np.float32)
+    p = np.empty_like(rows)
+    kernels.softmax_forward(p, rows)
+    got = p[:, 1].astype(np.float64) / p[:, 0]
+    rel = np.abs(got / np.exp(rows[:, 1].astype(np.float64)) - 1)
+    assert rel.max() < 3.2e-7, (rel.max(), rows[rel.argmax(), 1])
+
+
+def test_float32_gelu_matches_the_formula_to_float32_precision(backend):
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) in float64 on float32 inputs; the bound is
+    relative to |x|, since 1 + tanh(u) cancels for negative x."""
+    x = np.linspace(-10, 10, 400_001).astype(np.float32)
+    out, th = np.empty_like(x), np.empty_like(x)
+    kernels.gelu_forward(out, th, x)
+    x64 = x.astype(np.float64)
+    u = np.sqrt(2 / np.pi) * (x64 + 0.044715 * x64**3)
+    assert np.max(np.abs(out - 0.5 * x64 * (1 + np.tanh(u))) / (np.abs(x64) + 1e-3)) < 4e-7
+    assert np.max(np.abs(th - np.tanh(u))) < 3e-7
+    d_ref = 0.5 * (1 + np.tanh(u)) + 0.5 * x64 * (1 - np.tanh(u) ** 2) * np.sqrt(2 / np.pi) * (
+        1 + 3 * 0.044715 * x64**2
+    )
+    dx = np.empty_like(x)
+    kernels.gelu_backward(dx, x, np.tanh(u).astype(np.float32), np.ones_like(x))
+    assert np.max(np.abs(dx - d_ref) / (1 + np.abs(d_ref))) < 1e-6
+
+
+def test_float32_layernorm_and_crossentropy_to_float32_precision(backend):
+    rng = np.random.default_rng(3)
+    x = (rng.standard_normal((64, 256)) * 3 + 5).astype(np.float32)
+    w, b = rng.standard_normal(256).astype(np.float32), rng.standard_normal(256).astype(np.float32)
+    out, mean, rstd = np.empty_like(x), np.empty(64, np.float32), np.empty(64, np.float32)
+    kernels.layernorm_forward(out, mean, rstd, x, w, b, 1e-5)
+    np.testing.assert_allclose(out, ref_layernorm(x.astype(np.float64), w, b), rtol=1e-5, atol=2e-6)
+    logits = (rng.standard_normal((64, 500)) * 4).astype(np.float32)
+    targets = rng.integers(0, 500, 64)
+    losses, lse = np.empty(64, np.float32), np.empty(64, np.float32)
+    kernels.crossentropy_forward(losses, lse, logits, targets)
+    np.testing.assert_allclose(losses, ref_crossentropy(logits.astype(np.float64), targets), rtol=2e-6, atol=2e-6)

@@ -298,3 +298,103 @@ def test_training_step_allocates_no_large_arrays(backend):
     if backend.__name__.endswith("_kernels"):
         assert peak - base < smallest_activation, peak - base
     assert current - base < 64 * 1024  # nothing kept between steps
+
+
+# sampling and dropout, pinned exactly --------------------------------------------------------------
+
+
+def test_dropout_keeps_each_unit_with_probability_1_minus_p_and_scales_it():
+    from simple_llm.model import dropout_mask
+
+    for p in (0.1, 0.3, 0.6):
+        mask = np.empty(1_000_000, np.float64)
+        dropout_mask(mask, p, np.random.default_rng(0))
+        kept = mask != 0
+        assert abs(kept.mean() - (1 - p)) < 0.003  # 6 standard deviations
+        np.testing.assert_allclose(mask[kept], 1 / (1 - p), rtol=1e-12)  # the survivors are scaled up
+        assert abs(mask.mean() - 1.0) < 0.005  # so that the expectation is unchanged
+
+
+def test_temperature_divides_the_logits():
+    from simple_llm.sampling import Sampler
+
+    logits = np.array([[2.0, 1.0, -0.5, 0.0]])
+    for t in (0.5, 2.0):
+        probs, _ = Sampler(temperature=t)(logits)
+        e = np.exp(logits / t)
+        np.testing.assert_allclose(probs, e / e.sum(), rtol=1e-12)
+
+
+def test_top_p_keeps_tokens_until_the_sum_reaches_p_exactly():
+    """probabilities 1/2, 1/4, 1/8, 1/8 (exact in binary): top_p 0.75 is reached by the first two,
+    so the third is out; any p above 0.75 keeps the third."""
+    from simple_llm.sampling import Sampler
+
+    logits = np.log([[0.125, 0.5, 0.125, 0.25]])
+    probs, _ = Sampler(temperature=1.0, top_p=0.75)(logits)
+    np.testing.assert_allclose(probs, [[0, 2 / 3, 0, 1 / 3]], atol=1e-15)
+    probs, _ = Sampler(temperature=1.0, top_p=0.76)(logits)
+    np.testing.assert_allclose(probs, [[1 / 7, 4 / 7, 0, 2 / 7]], atol=1e-15)  # of equals, the first is kept
+    probs, _ = Sampler(temperature=1.0, top_p=0.5)(logits)
+    np.testing.assert_allclose(probs, [[0, 1, 0, 0]], atol=1e-15)
+
+
+def test_top_k_keeps_the_k_most_likely_renormalised():
+    from simple_llm.sampling import Sampler
+
+    logits = np.log([[0.1, 0.4, 0.2, 0.3]])
+    probs, _ = Sampler(temperature=1.0, top_k=2)(logits)
+    np.testing.assert_allclose(probs, [[0, 4 / 7, 0, 3 / 7]], rtol=1e-12)
+
+
+def test_sampled_tokens_follow_the_distribution():
+    from simple_llm.sampling import Sampler
+
+    logits = np.log(np.array([[0.1, 0.6, 0.3]]).repeat(20_000, axis=0))
+    _, tokens = Sampler(temperature=1.0, seed=1)(logits)
+    freq = np.bincount(tokens, minlength=3) / len(tokens)
+    np.testing.assert_allclose(freq, [0.1, 0.6, 0.3], atol=0.015)
+
+
+# each generation owns its cache ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def lively():
+    """A model whose greedy output changes token to token (random weights, scaled up)."""
+    model = GPT(GPTConfig(vocab_size=11, n_ctx=24, n_embd=16, n_head=2, n_layer=2), seed=3)
+    model.params.flat[...] *= 20
+    return model
+
+
+def test_interleaved_streams_and_foreign_calls_change_nothing(lively):
+    prompt = np.array([[1, 2, 3]])
+    alone = lively.generate(prompt, 12, temperature=0.8, seed=5)
+    greedy_alone = lively.generate(prompt[:, :2], 12)
+    a = lively.stream(prompt, 12, temperature=0.8, seed=5)
+    b = lively.stream(prompt[:, :2], 12)
+    got_a, got_b = [], []
+    for i, (step_a, step_b) in enumerate(zip(a, b)):
+        got_a.append(int(step_a.tokens[0]))
+        got_b.append(int(step_b.tokens[0]))
+        for T in range(1, 6 + i % 4):  # forward, loss and another generation on other shapes in between
+            lively.forward(np.ones((2, T), dtype=np.int64))
+        lively.loss(np.ones((1, 5), dtype=np.int64), np.ones((1, 5), dtype=np.int64))
+        lively.generate(np.array([[4, 4]]), 3)
+    assert got_a == alone[0, 3:].tolist()
+    assert got_b == greedy_alone[0, 2:].tolist()
+    assert len(set(got_a)) > 2  # the test means something only if the tokens vary
+
+
+def test_threads_generating_at_once_get_their_own_tokens(lively):
+    from concurrent.futures import ThreadPoolExecutor
+
+    prompts = [np.array([[i % 11, (3 * i) % 11]]) for i in range(8)]
+    expected = [lively.generate(p, 16, temperature=0.7, seed=i) for i, p in enumerate(prompts)]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda i: lively.generate(prompts[i], 16, temperature=0.7, seed=i), range(8)))
+        logits = list(pool.map(lambda T: lively.forward(np.full((1, T), 2)), range(1, 9)))
+    for got, want in zip(results, expected):
+        np.testing.assert_array_equal(got, want)
+    for T, got in zip(range(1, 9), logits):
+        np.testing.assert_array_equal(got, lively.forward(np.full((1, T), 2)))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -157,6 +158,9 @@ def test_ctrl_c_saves_and_resumes_to_the_same_weights(tmp_path, text_file):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 0, stderr
     assert "Interrupted at step" in stdout and "--resume" in stdout and "Traceback" not in stderr
+    command = shlex.split(stdout.split("Continue with:")[1].strip().splitlines()[0])  # pastes into a shell
+    assert command == ["python", "-m", "simple_llm", "train", *map(str, common), "--out", str(out), "--max-steps",
+                       many, "--resume"]  # fmt: skip
     stopped = int(stdout.split("Interrupted at step ")[1].split(";")[0])
     assert 0 < stopped < int(many)
     finish = stopped + 5
@@ -269,3 +273,22 @@ def test_loss_that_is_not_finite_stops_with_a_clear_line(tmp_path, text_file):
     )
     lines = [line for line in proc.stderr.splitlines() if line.strip()]
     assert proc.returncode == 1 and len(lines) == 1 and "loss is not finite at step" in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize("log", ["step,lr\n1,2\n", "step,lr,train_loss,val_loss,tokens_per_s\n2,x,1,1,1\n", "\x00\xff"])
+def test_damaged_log_on_resume_is_one_line(tmp_path, text_file, log):
+    out = tmp_path / "run"
+    train("--data", text_file, "--out", out, *TINY, "--max-steps", "2", "--eval-interval", "2")
+    (out / "log.csv").write_bytes(log.encode("latin-1"))
+    proc = run_cli("train", "--data", text_file, "--out", out, *TINY, "--max-steps", "4", "--resume")
+    assert_one_line_error(proc, "--resume:", "log.csv is damaged")
+
+
+def test_resume_says_where_it_starts_and_refuses_a_finished_run(tmp_path, text_file):
+    out = tmp_path / "run"
+    train("--data", text_file, "--out", out, *TINY, "--max-steps", "2", "--eval-interval", "2")
+    proc = run_cli("train", "--data", text_file, "--out", out, *TINY, "--max-steps", "3", "--resume", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming from step 2 of 3" in proc.stdout
+    proc = run_cli("train", "--data", text_file, "--out", out, *TINY, "--max-steps", "3", "--resume")
+    assert_one_line_error(proc, "--resume:", "already at step 3")
