@@ -80,6 +80,27 @@ class Activations:
         self.lse = np.empty(B * T, dtype)  # log-sum-exp of each row of logits
 
 
+def trace_steps(a: Activations, logits: np.ndarray) -> list[tuple[str, np.ndarray]]:
+    """The buffers of a per-layer forward pass, in the order the model fills them, each named by
+    the step that made it (what GPT.trace returns)."""
+    T = a.resid[0].shape[1]
+    steps = [("wte[idx] + wpe", a.resid[0])]
+    for l, la in enumerate(a.layers):
+        h = f"h.{l}."
+        steps += [
+            (h + "ln_1", la.ln1),
+            (h + "attn.c_attn (q, k, v)", la.qkv),
+            (h + "attn.softmax", la.att(T)),
+            (h + "attn (heads side by side)", la.atty),
+            (h + "x + attn.c_proj", la.resid2),
+            (h + "ln_2", la.ln2),
+            (h + "mlp.c_fc", la.fch),
+            (h + "mlp.gelu", la.fch_gelu),
+            (h + "x + mlp.c_proj", a.resid[l + 1]),
+        ]
+    return steps + [("ln_f", a.lnf), ("logits = ln_f @ wte^T", logits)]
+
+
 class Scratch:
     """Gradients of one block's activations; reused by every block in turn during backward."""
 

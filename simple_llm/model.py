@@ -15,15 +15,17 @@ import math
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
 from . import checkpoint
 from . import kernels as K
-from .activations import Activations, BufferPool, KVCache, LayerActivations, Scratch
+from .activations import Activations, BufferPool, KVCache, LayerActivations, Scratch, trace_steps
 from .config import GPTConfig
 from .generation import GenerationStep, generate_tokens
+from .inputs import inputs_and_targets, token_ids
 from .params import Parameters
 
 __all__ = ["GPT", "GPTConfig"]
@@ -289,33 +291,12 @@ class GPT:
         """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads."""
         return checkpoint.save(self.config, self.params, path, eos_token_id)
 
-    # checks ----------------------------------------------------------------------------------
-
-    def _check_idx(self, idx, name: str = "idx", any_length: bool = False) -> np.ndarray:
-        idx = np.asarray(idx)
-        if idx.ndim != 2 or idx.shape[0] == 0 or idx.shape[1] == 0:
-            raise ValueError(f"{name} must be a non-empty 2-D array (B, T) of token ids, not shape {idx.shape}")
-        if not np.issubdtype(idx.dtype, np.integer):
-            raise ValueError(f"{name} must hold integer token ids, not {idx.dtype}")
-        if idx.shape[1] > self.config.n_ctx and not any_length:
-            raise ValueError(f"{name} has {idx.shape[1]} positions; this model's context is {self.config.n_ctx}")
-        V = self.config.vocab_size
-        if name == "targets":
-            if idx.min() < -1 or idx.max() >= V:
-                raise ValueError(f"targets must be token ids in [0, {V}) or -1 (not scored)")
-        elif idx.min() < 0 or idx.max() >= V:
-            raise ValueError(f"{name} must be token ids in [0, {V})")
-        return np.ascontiguousarray(idx, dtype=np.int64)
+    def _check_idx(self, idx: ArrayLike, name: str = "idx", any_length: bool = False) -> np.ndarray:
+        n_ctx = None if any_length else self.config.n_ctx
+        return token_ids(idx, self.config.vocab_size, n_ctx, name)
 
     def _check_pair(self, idx: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, np.ndarray, int]:
-        """idx and targets as int64 arrays of one shape, and the number of scored targets."""
-        x, y = self._check_idx(idx), self._check_idx(targets, "targets")
-        if x.shape != y.shape:
-            raise ValueError(f"targets has shape {y.shape} but idx has {x.shape}")
-        n = int(np.count_nonzero(y >= 0))
-        if n == 0:
-            raise ValueError("targets holds no scored position (every target is -1)")
-        return x, y, n
+        return inputs_and_targets(idx, targets, self.config.vocab_size, self.config.n_ctx)
 
     # forward ---------------------------------------------------------------------------------
 
@@ -417,50 +398,19 @@ class GPT:
         self._blocks(a, idx, training=False)
         logits = np.empty((B, T, self.config.vocab_size), self.dtype)
         self.head.forward(logits, a, a.resid[-1])
-        steps = [("wte[idx] + wpe", a.resid[0])]
-        for l, la in enumerate(a.layers):
-            h = f"h.{l}."
-            steps += [
-                (h + "ln_1", la.ln1),
-                (h + "attn.c_attn (q, k, v)", la.qkv),
-                (h + "attn.softmax", la.att(T)),
-                (h + "attn (heads side by side)", la.atty),
-                (h + "x + attn.c_proj", la.resid2),
-                (h + "ln_2", la.ln2),
-                (h + "mlp.c_fc", la.fch),
-                (h + "mlp.gelu", la.fch_gelu),
-                (h + "x + mlp.c_proj", a.resid[l + 1]),
-            ]
-        steps += [("ln_f", a.lnf), ("logits = ln_f @ wte^T", logits)]
-        return [(name, np.array(t)) for name, t in steps]
+        return [(name, np.array(t)) for name, t in trace_steps(a, logits)]
 
     # generation ------------------------------------------------------------------------------
 
-    def generate(
-        self,
-        idx: ArrayLike,
-        max_new_tokens: int = 20,
-        temperature: float = 0.0,
-        top_k: int | None = None,
-        seed: int | np.random.Generator = 0,
-        top_p: float | None = None,
-        stop_token: int | None = None,
-        use_cache: bool = True,
-    ) -> np.ndarray:
+    def generate(self, idx: ArrayLike, max_new_tokens: int = 20, **options: Any) -> np.ndarray:
         """The prompt idx (B, T) followed by up to max_new_tokens new tokens: (B, T + new).
 
-        temperature 0 is greedy; otherwise tokens are sampled from softmax(logits / temperature),
-        restricted to the top_k most likely and to the smallest set whose probability reaches top_p,
-        with random numbers from seed (an int, or a Generator that a session keeps drawing from).
-        Generation ends early once every row has produced stop_token (rows that finished first are
-        padded with it). A key/value cache makes each new token cost one position's work; past n_ctx
-        the context slides (the last n_ctx tokens are kept).
+        options are stream's (temperature, top_k, seed, top_p, stop_token, use_cache), and so is
+        the whole behaviour; rows that reached stop_token first are padded with it.
         """
         idx = self._check_idx(idx, any_length=True)
-        out = [idx]
-        for step in self.stream(idx, max_new_tokens, temperature, top_k, seed, top_p, stop_token, use_cache):
-            out.append(step.tokens[:, None])
-        return np.concatenate(out, axis=1)
+        steps = [step.tokens[:, None] for step in self.stream(idx, max_new_tokens, **options)]
+        return np.concatenate([idx, *steps], axis=1)
 
     def stream(
         self,
@@ -473,6 +423,14 @@ class GPT:
         stop_token: int | None = None,
         use_cache: bool = True,
     ) -> Iterator[GenerationStep]:
-        """Yield one GenerationStep (tokens (B,), probs (B, V)) per new token; see generate."""
+        """Yield one GenerationStep (tokens (B,), probs (B, V)) per new token after the prompt idx (B, T).
+
+        temperature 0 is greedy; otherwise tokens are sampled from softmax(logits / temperature),
+        restricted to the top_k most likely and to the smallest set whose probability reaches top_p,
+        with random numbers from seed (an int, or a Generator that a session keeps drawing from).
+        It ends early once every row has produced stop_token. A key/value cache of its own makes each
+        new token cost one position's work; past n_ctx the context slides (the last n_ctx tokens are
+        kept and the cache is rebuilt from them).
+        """
         idx = self._check_idx(idx, any_length=True)
         return generate_tokens(self, idx, max_new_tokens, temperature, top_k, seed, top_p, stop_token, use_cache)

@@ -40,7 +40,7 @@ def test_saving_never_touches_the_umask(tmp_path, monkeypatch):
 
 def test_drawing_keeps_the_users_matplotlib_backend(tmp_path):
     matplotlib = pytest.importorskip("matplotlib")
-    from simple_llm.train import plot
+    from simple_llm.run_files import plot
 
     previous = matplotlib.get_backend()
     matplotlib.use("svg")
