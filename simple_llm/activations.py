@@ -38,11 +38,12 @@ class LayerActivations:
         self.fch = np.empty((B, Tq, 4 * C), dtype)  # c_fc(ln2)
         self.fch_tanh = np.empty((B, Tq, 4 * C), dtype)  # the tanh inside gelu, saved for its backward
         self.fch_gelu = np.empty((B, Tq, 4 * C), dtype)  # gelu(fch)
-        # dropout: keep-masks scaled by 1 / (1 - p), and the attention weights after theirs; None when off
-        self.att_mask = np.empty((B, NH, Tq, Tq), dtype) if dropout else None
+        # dropout: the attention weights after their keep-mask, and the masks (views into
+        # DropoutMasks, set for each step); None when off
         self.att_dropped = np.empty((B, NH, Tq, Tq), dtype) if dropout else None
-        self.attn_drop = np.empty((B, Tq, C), dtype) if dropout else None
-        self.mlp_drop = np.empty((B, Tq, C), dtype) if dropout else None
+        self.att_mask: np.ndarray | None = None
+        self.attn_drop: np.ndarray | None = None
+        self.mlp_drop: np.ndarray | None = None
 
     def att(self, T: int) -> np.ndarray:
         """The attention weights (B, NH, Tq, T) of queries over T keys, a contiguous view."""
@@ -71,7 +72,7 @@ class Activations:
             self.layers = [shared] * cfg.n_layer
             self.resid = [np.empty((B, T, C), dtype)] * (cfg.n_layer + 1)
         # resid[0] = wte[idx] + wpe (the embedding), resid[l + 1] = output of block l
-        self.emb_drop = np.empty((B, T, C), dtype) if dropout else None
+        self.emb_drop: np.ndarray | None = None  # dropout's mask on the embedding (training)
         self.lnf = np.empty((B, T, C), dtype)  # ln_f(resid[L])
         self.lnf_mean = np.empty(B * T, dtype)
         self.lnf_rstd = np.empty(B * T, dtype)
@@ -99,6 +100,29 @@ def trace_steps(a: Activations, logits: np.ndarray) -> list[tuple[str, np.ndarra
             (h + "x + mlp.c_proj", a.resid[l + 1]),
         ]
     return steps + [("ln_f", a.lnf), ("logits = ln_f @ wte^T", logits)]
+
+
+class DropoutMasks:
+    """Dropout's keep-masks for one training step over a whole (B, T) batch: 0 with probability p,
+    else 1 / (1 - p). Drawn for the whole batch in one order, so every shard of the batch sees the
+    same masks however many shards there are."""
+
+    def __init__(self, cfg: GPTConfig, B: int, T: int, dtype):
+        C, NH = cfg.n_embd, cfg.n_head
+        self.emb = np.empty((B, T, C), dtype)
+        self.layers = [
+            (np.empty((B, NH, T, T), dtype), np.empty((B, T, C), dtype), np.empty((B, T, C), dtype))
+            for _ in range(cfg.n_layer)
+        ]  # per block: on the attention weights, on the attention branch, on the MLP branch
+
+    def all(self) -> list[np.ndarray]:
+        return [self.emb, *(m for masks in self.layers for m in masks)]
+
+    def lend(self, a: Activations, rows: slice) -> None:
+        """Point a's mask fields at these rows of the masks."""
+        a.emb_drop = self.emb[rows]
+        for la, (att, attn, mlp) in zip(a.layers, self.layers):
+            la.att_mask, la.attn_drop, la.mlp_drop = att[rows], attn[rows], mlp[rows]
 
 
 class Scratch:

@@ -28,6 +28,7 @@ from .cli_args import Parser, positive_int
 from .config import GPTConfig
 from .model import GPT
 from .optim import AdamW
+from .parallel import cores
 
 # name: (vocab, block, n_embd, n_head, n_layer, batch)
 CONFIGS = {
@@ -353,7 +354,7 @@ def run(args: argparse.Namespace) -> int:
     steps = 2 if args.quick else args.steps
     rounds = 1 if args.quick else args.rounds
     names = args.config or list(CONFIGS)
-    threads = kernels.openmp_threads()
+    threads = cores()
     with_torch = not args.no_torch and have("torch")
     with_hf = with_torch and have("transformers")
     try:

@@ -16,7 +16,8 @@ from . import __version__
 from .cli_args import Parser, add_sampling_flags, positive_int
 from .config import GPTConfig
 from .fileio import read_text_file
-from .kernels import BACKEND, openmp_threads
+from .kernels import BACKEND
+from .parallel import cores
 from .model import GPT
 from .optim import AdamW
 from .session import Session, settings_from
@@ -104,8 +105,7 @@ def run(args: argparse.Namespace) -> int:
     path = args.data or data_file(DATA_FILES[args.lang])
     sentences = load_sentences(path)
     print(
-        f"Training a small GPT-2 on {len(sentences)} sentences from {path} "
-        f"({BACKEND} kernels, {openmp_threads()} threads)",
+        f"Training a small GPT-2 on {len(sentences)} sentences from {path} ({BACKEND} kernels, {cores()} cores)",
         flush=True,
     )
 

@@ -17,11 +17,6 @@ GELU_SCALE = 0.7978845608028654
 GELU_CUBIC = 0.044715
 
 
-def openmp_threads() -> int:
-    """Threads the kernels use: the fallback's own loops run on one (BLAS may use more)."""
-    return 1
-
-
 # token + position embedding
 
 

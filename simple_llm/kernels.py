@@ -46,11 +46,6 @@ FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 INDEX_DTYPE = np.dtype(np.int64)
 
 
-def openmp_threads() -> int:
-    """Threads that the chosen backend's parallel loops use."""
-    return int(impl.openmp_threads())
-
-
 # argument checks ---------------------------------------------------------------------------------
 
 

@@ -14,15 +14,16 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import checkpoint
+from . import checkpoint, parallel
 from . import kernels as K
-from .activations import Activations, BufferPool, KVCache, LayerActivations, Scratch, trace_steps
+from .activations import Activations, BufferPool, DropoutMasks, KVCache, LayerActivations, Scratch, trace_steps
 from .config import GPTConfig
 from .generation import GenerationStep, generate_tokens
 from .inputs import inputs_and_targets, token_ids
@@ -256,10 +257,15 @@ class GPT:
         self.grads = self.params.like()
         self.rng = np.random.default_rng(seed)  # dropout masks
         self._init_weights(np.random.default_rng(seed))
-        p, g, eps = self.params, self.grads, config.layer_norm_epsilon
+        self._build_layers()
+        self._replicas: list[GPT] = []  # one per shard of a training batch (loss_and_grads)
+
+    def _build_layers(self) -> None:
+        """The layers, bound to views of params (their weights) and grads (their gradients)."""
+        p, g, cfg = self.params, self.grads, self.config
         self.embedding = Embedding(p, g)
-        self.h = [Block(p, g, i, config) for i in range(config.n_layer)]
-        self.head = LMHead(p, g, eps)
+        self.h = [Block(p, g, i, cfg) for i in range(cfg.n_layer)]
+        self.head = LMHead(p, g, cfg.layer_norm_epsilon)
         self.buffers = BufferPool()
 
     def _init_weights(self, rng: np.random.Generator) -> None:
@@ -300,17 +306,13 @@ class GPT:
 
     # forward ---------------------------------------------------------------------------------
 
-    def _blocks(self, a: Activations, idx, training: bool, cache: KVCache | None = None) -> None:
+    def _blocks(self, a: Activations, idx, cache: KVCache | None = None) -> None:
         """resid[0] = embedding(idx), then every block: fills a.resid[L]. With a cache, idx are the
-        positions after the cache.length already in it."""
+        positions after the cache.length already in it. Dropout applies where a holds masks."""
         pos = 0 if cache is None else cache.length
         self.embedding.forward(a.resid[0], idx, pos)
-        if training and a.emb_drop is not None:
-            dropout_mask(a.emb_drop, self.config.dropout, self.rng)
+        if a.emb_drop is not None:
             a.resid[0] *= a.emb_drop
-            for la in a.layers:
-                for mask in (la.att_mask, la.attn_drop, la.mlp_drop):
-                    dropout_mask(mask, self.config.dropout, self.rng)
         for l, block in enumerate(self.h):
             block.forward(a.resid[l + 1], a.layers[l], a.resid[l], None if cache is None else cache.layers[l], pos)
 
@@ -321,7 +323,7 @@ class GPT:
         logits = np.empty((B, T, self.config.vocab_size), self.dtype)
         make = lambda: Activations(self.config, B, T, self.dtype, per_layer=False)  # noqa: E731
         with self.buffers.lease(("eval", B, T), make) as a:
-            self._blocks(a, x, training=False)
+            self._blocks(a, x)
             self.head.forward(logits, a, a.resid[-1])
         return logits
 
@@ -346,7 +348,7 @@ class GPT:
         logits = np.empty((B, 1, cfg.vocab_size), self.dtype)
         make = lambda: Activations(cfg, B, Tq, self.dtype, per_layer=False, T_max=cfg.n_ctx)  # noqa: E731
         with self.buffers.lease(("cached", B, Tq), make) as a:
-            self._blocks(a, x, training=False, cache=cache)
+            self._blocks(a, x, cache=cache)
             self.head.forward(logits, a, a.resid[-1], last_only=True)
         cache.length += Tq
         return logits[:, 0]
@@ -358,22 +360,53 @@ class GPT:
 
         idx, targets (B, T); a target of -1 is not scored. The gradients have the names, shapes and
         dtype of ``params``; they are the model's own buffers (views into ``grads.flat``), which the
-        next call overwrites: copy them if you need to keep them. Not thread-safe: one training loop
-        per model.
+        next call overwrites: copy them if you need to keep them. The batch runs in shards, one per
+        core, on threads (parallel.py); the result is the same as in one piece up to the order of
+        float sums. Not thread-safe: one training loop per model.
         """
         x, y, n = self._check_pair(idx, targets)
-        cfg, B, T = self.config, *x.shape
-        make_a = lambda: Activations(cfg, B, T, self.dtype, per_layer=True, dropout=cfg.dropout > 0)  # noqa: E731
+        cfg, (B, T) = self.config, x.shape
+        rows = parallel.shards(B)
+        while len(self._replicas) < len(rows):  # layers over the same weights, gradients of their own
+            self._replicas.append(self._replica())
+        make_masks = lambda: DropoutMasks(cfg, B, T, self.dtype)  # noqa: E731
+        with self.buffers.lease(("dropout", B, T), make_masks) if cfg.dropout > 0 else nullcontext() as masks:
+            for mask in masks.all() if masks else []:
+                dropout_mask(mask, cfg.dropout, self.rng)
+            shard = lambda k: self._replicas[k]._shard_backward(x[rows[k]], y[rows[k]], n, masks, rows[k])  # noqa: E731
+            losses = parallel.run(shard, len(rows))
+        for replica in self._replicas[1 : len(rows)]:
+            self.grads.flat += replica.grads.flat  # the shards' gradients add up to the batch's
+        return float(sum(losses) / n), self.grads
+
+    def _replica(self) -> GPT:
+        """A GPT over this model's very weights, with gradients and buffers of its own (a shard's);
+        the first replica is the model itself."""
+        if not self._replicas:
+            return self
+        replica = object.__new__(GPT)
+        replica.config, replica.dtype, replica.params, replica.rng = self.config, self.dtype, self.params, self.rng
+        replica.grads = self.params.like()
+        replica._build_layers()
+        return replica
+
+    def _shard_backward(self, x, y, n: int, masks: DropoutMasks | None, rows: slice) -> float:
+        """Forward and backward of rows of the batch: writes self.grads as the gradient of the batch's
+        mean loss (n scored targets in all) that these rows contribute; returns their summed loss."""
+        cfg, (B, T) = self.config, x.shape
+        make_a = lambda: Activations(cfg, B, T, self.dtype, per_layer=True, dropout=masks is not None)  # noqa: E731
         with (
             self.buffers.lease(("train", B, T), make_a) as a,
             self.buffers.lease(("scratch", B, T), lambda: Scratch(cfg, B, T, self.dtype)) as s,
         ):
+            if masks is not None:
+                masks.lend(a, rows)
             logits, y = a.logits.reshape(-1, cfg.vocab_size), y.reshape(-1)  # (B*T, V), (B*T,)
             # forward
-            self._blocks(a, x, training=True)
+            self._blocks(a, x)
             self.head.forward(a.logits, a, a.resid[-1])
             K.crossentropy_forward(a.losses, a.lse, logits, y)
-            loss = float(a.losses.sum(dtype=np.float64) / n)
+            loss = float(a.losses.sum(dtype=np.float64))
             # backward, in the reverse order of the forward
             self.grads.flat.fill(0.0)
             K.crossentropy_backward(logits, logits, a.lse, y, 1.0 / n)  # logits now hold dlogits
@@ -384,7 +417,7 @@ class GPT:
             if a.emb_drop is not None:
                 s.dres *= a.emb_drop
             self.embedding.backward(s.dres, x)
-        return loss, self.grads
+        return loss
 
     # looking inside ------------------------------------------------------------------------
 
@@ -395,7 +428,7 @@ class GPT:
         idx = self._check_idx(idx)
         B, T = idx.shape
         a = Activations(self.config, B, T, self.dtype, per_layer=True)
-        self._blocks(a, idx, training=False)
+        self._blocks(a, idx)
         logits = np.empty((B, T, self.config.vocab_size), self.dtype)
         self.head.forward(logits, a, a.resid[-1])
         return [(name, np.array(t)) for name, t in trace_steps(a, logits)]

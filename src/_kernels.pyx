@@ -16,29 +16,16 @@ Loops are written so that the compiler can vectorise them (sums stay in order: s
 float32 is computed in float32 (as PyTorch does), float64 in float64.
 """
 from cython cimport floating
-from cython.parallel cimport prange
 from libc.math cimport INFINITY, exp, log, sqrt, sqrtf
 from libc.stdint cimport int32_t, int64_t
 from libc.string cimport memcpy
 
-cdef extern from *:
-    """
-    #ifdef _OPENMP
-    #include <omp.h>
-    static int simple_llm_max_threads(void) { return omp_get_max_threads(); }
-    #else
-    static int simple_llm_max_threads(void) { return 1; }
-    #endif
-    """
-    int simple_llm_max_threads() noexcept nogil
-
-# Below this many multiply-adds a loop runs on one thread: waking the OpenMP team costs a few
-# microseconds, more than the work of a single generated token's layer norm.
+# Every loop runs on the calling thread: the model parallelises over shards of the batch, one
+# thread per core (parallel.py), so a kernel never competes with another thread pool for a core.
 cdef enum:
-    PARALLEL_MIN_WORK = 32768
-    LN_COLS = 32  # columns per task of layer norm's parameter gradients: rows stay contiguous
+    LN_COLS = 32  # columns summed at once in layer norm's parameter gradients: rows stay contiguous
     LN_ROWS = 64  # rows summed in float32 before their sum goes into a double
-    CHUNK = 4096  # elements per task of an elementwise loop: a thread's share, in cache
+    CHUNK = 4096  # elements per span of an elementwise loop, in cache
 # sqrt(2 / pi) and the cubic term's weight: GPT-2's tanh approximation of GELU.
 cdef double GELU_SCALE = 0.7978845608028654
 cdef double GELU_CUBIC = 0.044715
@@ -82,11 +69,6 @@ cdef inline floating _sqrt(floating x) noexcept nogil:
         return sqrt(x)
 
 
-def openmp_threads():
-    """Threads that the ``prange`` loops use (1 when the extension was built without OpenMP)."""
-    return simple_llm_max_threads()
-
-
 # ----------------------------------------------------------------------------------------------
 # token + position embedding
 
@@ -99,11 +81,12 @@ def encoder_forward(floating[:, :, ::1] out, const int64_t[:, ::1] idx,
     cdef Py_ssize_t B = out.shape[0], T = out.shape[1], C = out.shape[2]
     cdef Py_ssize_t b, t, c
     cdef int64_t ix
-    for b in prange(B, nogil=True, schedule='static', use_threads_if=B * T * C > PARALLEL_MIN_WORK):
-        for t in range(T):
-            ix = idx[b, t]
-            for c in range(C):
-                out[b, t, c] = wte[ix, c] + wpe[t, c]
+    with nogil:
+        for b in range(B):
+            for t in range(T):
+                ix = idx[b, t]
+                for c in range(C):
+                    out[b, t, c] = wte[ix, c] + wpe[t, c]
 
 
 def encoder_backward(floating[:, ::1] dwte, floating[:, ::1] dwpe,
@@ -155,8 +138,9 @@ def layernorm_forward(floating[:, ::1] out, floating[::1] mean, floating[::1] rs
     out (N, C); mean, rstd (N,) saved for the backward; inp (N, C); weight, bias (C,).
     """
     cdef Py_ssize_t N = inp.shape[0], C = inp.shape[1], i
-    for i in prange(N, nogil=True, schedule='static', use_threads_if=N * C > PARALLEL_MIN_WORK):
-        _layernorm_row(&out[i, 0], &mean[i], &rstd[i], &inp[i, 0], &weight[0], &bias[0], C, eps)
+    with nogil:
+        for i in range(N):
+            _layernorm_row(&out[i, 0], &mean[i], &rstd[i], &inp[i, 0], &weight[0], &bias[0], C, eps)
 
 
 cdef inline void _layernorm_row_backward(floating* dx, const floating* dout, const floating* x,
@@ -220,15 +204,17 @@ def layernorm_backward(floating[:, ::1] dinp, floating[::1] dweight, floating[::
     dinp (N, C) is *added to*: the input of a layer norm is the residual stream, whose gradient also
     arrives through the skip connection. dweight, dbias (C,) accumulate.
     """
-    cdef Py_ssize_t N = inp.shape[0], C = inp.shape[1], i, c0
-    cdef bint parallel = N * C > PARALLEL_MIN_WORK
-    for i in prange(N, nogil=True, schedule='static', use_threads_if=parallel):
-        _layernorm_row_backward(&dinp[i, 0], &dout[i, 0], &inp[i, 0], &weight[0],
-                                mean[i], rstd[i], C)
-    # Parameter gradients sum over rows; splitting the columns among threads keeps them race-free.
-    for c0 in prange(0, C, LN_COLS, nogil=True, schedule='static', use_threads_if=parallel):
-        _layernorm_param_grads(&dweight[c0], &dbias[c0], &dout[0, c0], &inp[0, c0], &mean[0], &rstd[0],
-                               N, min(LN_COLS, C - c0), C)
+    cdef Py_ssize_t N = inp.shape[0], C = inp.shape[1], i, c0, blk
+    with nogil:
+        for i in range(N):
+            _layernorm_row_backward(&dinp[i, 0], &dout[i, 0], &inp[i, 0], &weight[0],
+                                    mean[i], rstd[i], C)
+    # Parameter gradients sum over rows, LN_COLS columns at a time (their partial sums fit in registers).
+    with nogil:
+        for blk in range((C + LN_COLS - 1) // LN_COLS):
+            c0 = blk * LN_COLS
+            _layernorm_param_grads(&dweight[c0], &dbias[c0], &dout[0, c0], &inp[0, c0], &mean[0], &rstd[0],
+                                   N, min(LN_COLS, C - c0), C)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -253,8 +239,9 @@ def softmax_forward(floating[:, ::1] probs, const floating[:, ::1] logits):
     probs, logits (N, V); probs may be logits itself.
     """
     cdef Py_ssize_t N = logits.shape[0], V = logits.shape[1], i
-    for i in prange(N, nogil=True, schedule='static', use_threads_if=N * V > PARALLEL_MIN_WORK):
-        _softmax_row(&probs[i, 0], &logits[i, 0], V)
+    with nogil:
+        for i in range(N):
+            _softmax_row(&probs[i, 0], &logits[i, 0], V)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -286,8 +273,9 @@ def attention_softmax_forward(floating[:, :, :, ::1] att, double scale):
     cdef Py_ssize_t B = att.shape[0], NH = att.shape[1], Tq = att.shape[2], T = att.shape[3]
     cdef Py_ssize_t rows = B * NH * Tq, r
     cdef floating* base = &att[0, 0, 0, 0]
-    for r in prange(rows, nogil=True, schedule='static', use_threads_if=rows * T > PARALLEL_MIN_WORK):
-        _causal_softmax_row(base + r * T, T - Tq + r % Tq + 1, T, <floating>scale)
+    with nogil:
+        for r in range(rows):
+            _causal_softmax_row(base + r * T, T - Tq + r % Tq + 1, T, <floating>scale)
 
 
 cdef void _softmax_backward_row(floating* d, const floating* p, Py_ssize_t T, floating scale) noexcept nogil:
@@ -309,8 +297,9 @@ def attention_softmax_backward(floating[:, :, :, ::1] datt, const floating[:, :,
     cdef Py_ssize_t rows = att.shape[0] * att.shape[1] * att.shape[2], T = att.shape[3], r
     cdef floating* d = &datt[0, 0, 0, 0]
     cdef const floating* p = &att[0, 0, 0, 0]
-    for r in prange(rows, nogil=True, schedule='static', use_threads_if=rows * T > PARALLEL_MIN_WORK):
-        _softmax_backward_row(d + r * T, p + r * T, T, <floating>scale)
+    with nogil:
+        for r in range(rows):
+            _softmax_backward_row(d + r * T, p + r * T, T, <floating>scale)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -347,10 +336,10 @@ def gelu_forward(floating[::1] out, floating[::1] tanh_u, const floating[::1] in
     arrays; tanh_u saves tanh(u) for the backward. out may be inp itself.
     """
     cdef Py_ssize_t n = inp.shape[0], c, start
-    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static',
-                    use_threads_if=n > PARALLEL_MIN_WORK):
-        start = c * CHUNK
-        _gelu_forward_span(&out[start], &tanh_u[start], &inp[start], min(CHUNK, n - start))
+    with nogil:
+        for c in range((n + CHUNK - 1) // CHUNK):
+            start = c * CHUNK
+            _gelu_forward_span(&out[start], &tanh_u[start], &inp[start], min(CHUNK, n - start))
 
 
 def gelu_backward(floating[::1] dinp, const floating[::1] inp, const floating[::1] tanh_u,
@@ -362,10 +351,10 @@ def gelu_backward(floating[::1] dinp, const floating[::1] inp, const floating[::
     with tanh(u) saved by the forward: no exp here.
     """
     cdef Py_ssize_t n = inp.shape[0], c, start
-    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static',
-                    use_threads_if=n > PARALLEL_MIN_WORK):
-        start = c * CHUNK
-        _gelu_backward_span(&dinp[start], &inp[start], &tanh_u[start], &dout[start], min(CHUNK, n - start))
+    with nogil:
+        for c in range((n + CHUNK - 1) // CHUNK):
+            start = c * CHUNK
+            _gelu_backward_span(&dinp[start], &inp[start], &tanh_u[start], &dout[start], min(CHUNK, n - start))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -390,10 +379,11 @@ def crossentropy_forward(floating[::1] losses, floating[::1] lse,
     """
     cdef Py_ssize_t N = logits.shape[0], V = logits.shape[1], i
     cdef floating z
-    for i in prange(N, nogil=True, schedule='static', use_threads_if=N * V > PARALLEL_MIN_WORK):
-        z = _logsumexp_row(&logits[i, 0], V)
-        lse[i] = z
-        losses[i] = z - logits[i, targets[i]] if targets[i] >= 0 else 0
+    with nogil:
+        for i in range(N):
+            z = _logsumexp_row(&logits[i, 0], V)
+            lse[i] = z
+            losses[i] = z - logits[i, targets[i]] if targets[i] >= 0 else 0
 
 
 cdef inline void _crossentropy_row_backward(floating* d, const floating* x, floating lse, int64_t target,
@@ -418,8 +408,9 @@ def crossentropy_backward(floating[:, ::1] dlogits, const floating[:, ::1] logit
     (1 / number of scored rows for a mean).
     """
     cdef Py_ssize_t N = logits.shape[0], V = logits.shape[1], i
-    for i in prange(N, nogil=True, schedule='static', use_threads_if=N * V > PARALLEL_MIN_WORK):
-        _crossentropy_row_backward(&dlogits[i, 0], &logits[i, 0], lse[i], targets[i], <floating>dloss, V)
+    with nogil:
+        for i in range(N):
+            _crossentropy_row_backward(&dlogits[i, 0], &logits[i, 0], lse[i], targets[i], <floating>dloss, V)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -453,8 +444,8 @@ def adamw_update(floating[::1] params, const floating[::1] grads, floating[::1] 
     cdef floating step_size = lr / (1.0 - beta1 ** step)
     cdef floating inv_bc2_sqrt = 1.0 / sqrt(1.0 - beta2 ** step)
     cdef floating decay = 1.0 - lr * weight_decay
-    for c in prange((n + CHUNK - 1) // CHUNK, nogil=True, schedule='static',
-                    use_threads_if=n > PARALLEL_MIN_WORK):
-        start = c * CHUNK
-        _adamw_span(&params[start], &grads[start], &m[start], &v[start], min(CHUNK, n - start),
-                    step_size, inv_bc2_sqrt, decay, <floating>beta1, <floating>beta2, <floating>eps)
+    with nogil:
+        for c in range((n + CHUNK - 1) // CHUNK):
+            start = c * CHUNK
+            _adamw_span(&params[start], &grads[start], &m[start], &v[start], min(CHUNK, n - start),
+                        step_size, inv_bc2_sqrt, decay, <floating>beta1, <floating>beta2, <floating>eps)
