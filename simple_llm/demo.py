@@ -17,9 +17,9 @@ from .cli_args import Parser, add_sampling_flags, positive_int
 from .config import GPTConfig
 from .fileio import read_text_file
 from .kernels import BACKEND
-from .parallel import cores
 from .model import GPT
 from .optim import AdamW
+from .parallel import cores
 from .session import Session, settings_from
 from .tokenizers import EOS, WordTokenizer
 

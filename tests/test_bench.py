@@ -22,11 +22,11 @@ def run_quick(*extra):
 
 def test_bench_quick_prints_training_generation_and_kernel_figures():
     out = run_quick("--no-torch")
-    assert re.search(rf"float32 GEMM \(n=1024\): {NUMBER} GFLOP/s", out), out
+    assert re.search(rf"float32 GEMM \(n=1024\): {NUMBER} GFLOP/s; memory read: {NUMBER} GB/s", out), out
     assert re.search(rf"\[seed-tiny\] .* {NUMBER} MFLOP per training token", out), out
-    backends = re.findall(rf"train +(\w+) +{NUMBER} tokens/s +{NUMBER} GFLOP/s", out)
+    backends = re.findall(rf"train +(\w+) +{NUMBER} tokens/s +{NUMBER} GFLOP/s +MFU +{NUMBER}%", out)
     assert "numpy" in backends, out
-    assert re.search(rf"generate +\w+ +{NUMBER} tokens/s", out), out
+    assert re.search(rf"generate +\w+ +{NUMBER} tokens/s .*bandwidth bound {NUMBER} tokens/s, ours {NUMBER}%", out), out
     assert "PyTorch" not in out  # --no-torch
     if "cython" in backends:  # the per-kernel table compares compiled with NumPy
         rows = re.findall(rf"^  (\w+) +{NUMBER} +{NUMBER} +{NUMBER}x$", out, re.M)
