@@ -12,6 +12,7 @@ import importlib
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .cli_args import CLIError, Parser
 
@@ -41,8 +42,25 @@ def _unknown_command(word: str) -> str | None:
     return f"unknown command {word!r}{hint}; the commands are {', '.join(choices)}"
 
 
+def fallback_note() -> str | None:
+    """One line for a user who gets the slow NumPy kernels without asking for them, or None."""
+    from . import kernels
+
+    if kernels.BACKEND == "cython" or os.environ.get("SIMPLE_LLM_PURE_PYTHON", "").strip() not in ("", "0"):
+        return None
+    tree = Path(kernels.__file__).resolve().parent.parent
+    if (tree / "src" / "_kernels.pyx").exists():
+        return (
+            f"note: the slow NumPy kernels run: simple_llm is imported from the source tree {tree}, where the "
+            "compiled kernels are not built; run `pip install -e .` there, or run from another directory"
+        )
+    return "note: the slow NumPy kernels run: the compiled kernels of this installation do not import"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "-h" not in argv and "--help" not in argv and (note := fallback_note()):
+        print(note, file=sys.stderr)
     if argv and argv[0] in COMMANDS:
         parser, argv = command_parser(argv[0]), argv[1:]
     else:

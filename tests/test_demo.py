@@ -132,3 +132,22 @@ def test_ctrl_c_at_the_prompt_leaves_cleanly():
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=30)
     assert proc.returncode == 0 and b"Traceback" not in stderr, stderr
+
+
+def test_an_unbuilt_source_tree_says_that_the_fallback_runs(tmp_path, monkeypatch):
+    """Imported from a checkout (src/_kernels.pyx beside the package) without the compiled module:
+    one note line that says why and what to type; nothing when the fallback was asked for."""
+    from simple_llm import cli, kernels
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "_kernels.pyx").write_text("# the kernels' source\n")
+    monkeypatch.setattr(kernels, "BACKEND", "numpy")
+    monkeypatch.setattr(kernels, "__file__", str(tmp_path / "simple_llm" / "kernels.py"))
+    monkeypatch.delenv("SIMPLE_LLM_PURE_PYTHON", raising=False)
+    note = cli.fallback_note()
+    assert note is not None and "slow NumPy kernels" in note and str(tmp_path) in note and "pip install -e ." in note
+    monkeypatch.setenv("SIMPLE_LLM_PURE_PYTHON", "1")
+    assert cli.fallback_note() is None
+    monkeypatch.setattr(kernels, "BACKEND", "cython")
+    monkeypatch.delenv("SIMPLE_LLM_PURE_PYTHON")
+    assert cli.fallback_note() is None
