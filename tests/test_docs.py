@@ -35,3 +35,15 @@ def test_docs_name_only_real_files_and_commands():
         for cmd in re.findall(r"python -m simple_llm (\w+)", text):
             assert cmd in commands, f"{path.name} runs an unknown command: {cmd}"
     assert os.path.exists(ROOT / "docs" / "PROCESSING_FLOW.md")
+
+
+def test_docs_name_only_tests_that_exist():
+    """`test_x.py::test_name` and `::test_name` (the file named last before it) are real tests."""
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        current = None
+        for file, name in re.findall(r"(test_\w+\.py)?::(test_\w+)", text):
+            current = file or current
+            assert current, f"{path.name} names ::{name} without a test file before it"
+            source = (ROOT / "tests" / current).read_text(encoding="utf-8")
+            assert re.search(rf"^def {name}\b", source, re.M), f"{path.name} names {current}::{name}, which does not exist"
