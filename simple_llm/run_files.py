@@ -24,6 +24,17 @@ PLOT_FILE = "loss.png"
 LOG_COLUMNS = ["step", "lr", "train_loss", "val_loss", "tokens_per_s"]
 
 
+def saved_block_size(directory: Path) -> int | None:
+    """The --block-size that the run in directory trained with (None: not recorded, or unreadable)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(directory / STATE_FILE), framework="numpy") as f:
+            return int((f.metadata() or {})["block_size"])
+    except (SafetensorError, OSError, KeyError, ValueError):
+        return None
+
+
 @dataclass
 class Run:
     """What a checkpoint holds beyond the weights."""
@@ -33,7 +44,7 @@ class Run:
     log: list[dict] = field(default_factory=list)
 
 
-def save_state(directory: Path, model: GPT, opt: AdamW, rng: np.random.Generator, run: Run) -> None:
+def save_state(directory: Path, model: GPT, opt: AdamW, rng: np.random.Generator, run: Run, block_size: int) -> None:
     """train_state: everything needed to continue exactly, in one safetensors file."""
     tensors = {"params": model.params.flat}
     for i, (m, v) in enumerate(zip(opt.m, opt.v)):
@@ -45,6 +56,7 @@ def save_state(directory: Path, model: GPT, opt: AdamW, rng: np.random.Generator
         "best_val": repr(run.best_val),
         "rng": json.dumps(rng.bit_generator.state),
         "dropout_rng": json.dumps(model.rng.bit_generator.state),
+        "block_size": str(block_size),
     }
     write_safetensors(directory / STATE_FILE, tensors, meta)
 
@@ -83,7 +95,9 @@ def read_log(path: Path, last_step: int) -> list[dict]:
         return []
     try:
         rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
-        log = [{k: float(r[k]) for k in LOG_COLUMNS} for r in rows]
+        log: list[dict] = [
+            {k: None if k == "val_loss" and r[k] == "" else float(r[k]) for k in LOG_COLUMNS} for r in rows
+        ]
     except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as exc:
         raise CLIError(
             f"--resume: {path} is damaged ({type(exc).__name__}: {exc}); remove it to start a new log"
@@ -92,11 +106,13 @@ def read_log(path: Path, last_step: int) -> list[dict]:
 
 
 def write_log(directory: Path, log: list[dict]) -> None:
+    """log.csv: an evaluation row has both losses; a training row (every --log-interval steps) has
+    the step's own batch loss and no val_loss."""
     out = io.StringIO()
     writer = csv.DictWriter(out, LOG_COLUMNS, lineterminator="\n")
     writer.writeheader()
     for row in log:
-        writer.writerow({k: int(v) if k == "step" else f"{v:.6g}" for k, v in row.items()})
+        writer.writerow({k: int(v) if k == "step" else "" if v is None else f"{v:.6g}" for k, v in row.items()})
     atomic_write_text(directory / LOG_FILE, out.getvalue())
 
 
@@ -107,9 +123,12 @@ def plot(directory: Path, log: list[dict]) -> bool:
     except ImportError:
         return False
     ax = fig.subplots()
-    steps = [r["step"] for r in log]
-    ax.plot(steps, [r["train_loss"] for r in log], marker="o", label="train")
-    ax.plot(steps, [r["val_loss"] for r in log], marker="o", label="validation")
+    batches = [r for r in log if r["val_loss"] is None]  # a training row: one batch's loss
+    evals = [r for r in log if r["val_loss"] is not None]
+    if batches:
+        ax.plot([r["step"] for r in batches], [r["train_loss"] for r in batches], alpha=0.4, label="train (one batch)")
+    ax.plot([r["step"] for r in evals], [r["train_loss"] for r in evals], marker="o", label="train (estimate)")
+    ax.plot([r["step"] for r in evals], [r["val_loss"] for r in evals], marker="o", label="validation (estimate)")
     ax.set_xlabel("step")
     ax.set_ylabel("loss (cross-entropy, nats)")
     ax.grid(alpha=0.3)

@@ -1,8 +1,9 @@
 """``python -m simple_llm train``: train a GPT-2 on your own text file, checkpoint it, resume it.
 
-The text is tokenized (characters, words or byte-level BPE learned on it), the token stream is split
-90/10 into training and validation, and each step trains on ``--batch-size`` random windows of
-``--block-size`` tokens: AdamW with warmup, cosine decay and gradient clipping (nanoGPT's loop).
+The text is tokenized (characters, words or byte-level BPE learned on it, or the tokenizer of the
+model that --init-from fine-tunes), the token stream is split 90/10 into training and validation,
+and each step trains on --batch-size x --grad-accum random windows of --block-size tokens: AdamW
+with warmup, cosine decay and gradient clipping (nanoGPT's loop).
 
 ``--out DIR`` receives, each write atomic: config.json + model.safetensors (Hugging Face's GPT-2
 format), tokenizer.json, ``train_state`` (weights, AdamW moments, step and random states: everything
@@ -26,49 +27,86 @@ from .cli_args import CLIError, Parser, nonnegative_float, nonnegative_int, posi
 from .config import GPTConfig
 from .fileio import read_text_file
 from .model import GPT
-from .modeldir import load_tokenizer
+from .modeldir import load_model, load_tokenizer
 from .optim import AdamW, clip_grad_norm, lr_at
-from .run_files import PLOT_FILE, STATE_FILE, Run, load_state, plot, save_state, write_log
+from .params import Parameters
+from .run_files import PLOT_FILE, STATE_FILE, Run, load_state, plot, save_state, saved_block_size, write_log
 from .tokenizers import TOKENIZER_FILE, CharTokenizer, Tokenizer, WordTokenizer
 
 SHAPE_FLAGS = {"n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd", "block_size": "n_ctx"}
 
 
+class DefaultsHelp(argparse.HelpFormatter):
+    """Each flag's help ends with its default, when it has one worth saying."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+            text += " (default: %(default)s)"
+        return text
+
+
+FRESH_DEFAULTS = dict(tokenizer="char", n_layer=4, n_head=4, n_embd=128, block_size=64)  # a new model's
+MODEL_FLAGS = ("tokenizer", "n_layer", "n_head", "n_embd")  # what --init-from and --resume take from DIR
+
+
 def parser(name: str) -> Parser:
-    p = Parser(prog=f"simple_llm {name}", description=__doc__.split("\n\n")[1].replace("\n", " "))
+    p = Parser(
+        prog=f"simple_llm {name}",
+        description=__doc__.split("\n\n")[1].replace("\n", " "),
+        formatter_class=DefaultsHelp,
+    )
     p.add_argument("--data", required=True, metavar="FILE", help="a UTF-8 text file to learn")
     p.add_argument("--out", required=True, metavar="DIR", help="where the model and its state go")
-    g = p.add_argument_group("tokenizer")
+    p.add_argument(
+        "--init-from",
+        metavar="DIR",
+        help="start from this model directory (a Hugging Face GPT-2 checkpoint or one of ours): its config "
+        "and tokenizer are used (fine-tuning)",
+    )
+    g = p.add_argument_group("tokenizer (a new model)")
     g.add_argument(
         "--tokenizer",
         choices=["char", "word", "bpe"],
-        default="char",
-        help="char (default), word (whitespace-separated) or bpe (byte-level, learned here)",
+        help="char: one token per character; word: whitespace-separated; bpe: byte-level BPE learned on "
+        "--data (default char)",
     )
     g.add_argument("--vocab-size", type=positive_int, default=1024, help="bpe only: tokens to learn (>= 257)")
-    g = p.add_argument_group("model")
-    g.add_argument("--n-layer", type=positive_int, default=4)
-    g.add_argument("--n-head", type=positive_int, default=4)
-    g.add_argument("--n-embd", type=positive_int, default=128)
-    g.add_argument("--block-size", type=positive_int, default=64, help="tokens of context")
-    g.add_argument("--dropout", type=nonnegative_float, default=0.0)
+    g = p.add_argument_group("model (a new model; --init-from and --resume take the saved one's)")
+    g.add_argument("--n-layer", type=positive_int, help="transformer blocks (default 4)")
+    g.add_argument("--n-head", type=positive_int, help="attention heads per block (default 4)")
+    g.add_argument("--n-embd", type=positive_int, help="channels of the residual stream (default 128)")
+    g.add_argument(
+        "--block-size",
+        type=positive_int,
+        help="tokens of context per training window (default 64; with --init-from min(n_ctx, 256))",
+    )
+    g.add_argument("--dropout", type=nonnegative_float, default=0.0, help="dropout probability while training")
     g = p.add_argument_group("optimisation")
-    g.add_argument("--batch-size", type=positive_int, default=12)
-    g.add_argument("--max-steps", type=positive_int, default=2000)
-    g.add_argument("--lr", type=nonnegative_float, default=1e-3)
-    g.add_argument("--min-lr", type=nonnegative_float, default=1e-4)
-    g.add_argument("--warmup-steps", type=nonnegative_int, default=100)
+    g.add_argument("--batch-size", type=positive_int, default=12, help="windows per micro-batch")
+    g.add_argument("--grad-accum", type=positive_int, default=1, help="micro-batches averaged into each optimizer step")
+    g.add_argument("--max-steps", type=positive_int, default=2000, help="optimizer steps to train to")
+    g.add_argument("--lr", type=nonnegative_float, default=1e-3, help="peak learning rate")
+    g.add_argument("--min-lr", type=nonnegative_float, default=1e-4, help="learning rate at the end of the decay")
+    g.add_argument("--warmup-steps", type=nonnegative_int, default=100, help="steps of linear warmup")
     g.add_argument(
         "--lr-decay-steps", type=positive_int, default=None, help="length of the cosine schedule (default: --max-steps)"
     )
-    g.add_argument("--beta1", type=nonnegative_float, default=0.9)
-    g.add_argument("--beta2", type=nonnegative_float, default=0.95)
-    g.add_argument("--weight-decay", type=nonnegative_float, default=0.1)
-    g.add_argument("--grad-clip", type=nonnegative_float, default=1.0, help="0 turns clipping off")
-    g = p.add_argument_group("evaluation and checkpoints")
-    g.add_argument("--eval-interval", type=positive_int, default=250)
+    g.add_argument("--beta1", type=nonnegative_float, default=0.9, help="AdamW's first-moment decay")
+    g.add_argument("--beta2", type=nonnegative_float, default=0.95, help="AdamW's second-moment decay")
+    g.add_argument("--weight-decay", type=nonnegative_float, default=0.1, help="AdamW's decay of 2-D weights")
+    g.add_argument("--grad-clip", type=nonnegative_float, default=1.0, help="largest gradient norm; 0 turns it off")
+    g = p.add_argument_group("evaluation, logging and checkpoints")
+    g.add_argument(
+        "--eval-interval", type=positive_int, default=250, help="steps between evaluations (and checkpoints)"
+    )
     g.add_argument("--eval-steps", type=positive_int, default=20, help="batches per loss estimate")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--log-interval", type=positive_int, default=10, help="steps between training-loss rows in log.csv")
+    g.add_argument(
+        "--sample-every", type=nonnegative_int, default=0, help="print a short sample every N steps (0: off)"
+    )
+    g.add_argument("--sample-prompt", metavar="TEXT", help="the samples' prompt (default: the start of --data)")
+    g.add_argument("--seed", type=int, default=0, help="random seed of the model, the batches and dropout")
     g.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(run=run)
@@ -76,9 +114,19 @@ def parser(name: str) -> Parser:
 
 
 def check_flags(args: argparse.Namespace) -> None:
-    if args.n_embd % args.n_head:
+    given = [f for f in MODEL_FLAGS if getattr(args, f) is not None]
+    if args.init_from and args.resume:
+        raise CLIError("--init-from starts a new run and --resume continues one: give only one")
+    if args.init_from and given:
+        raise CLIError(
+            f"--init-from uses the config and tokenizer of {args.init_from}: drop --{given[0].replace('_', '-')}"
+        )
+    if not (args.init_from or args.resume):
+        for flag, value in FRESH_DEFAULTS.items():
+            setattr(args, flag, value if getattr(args, flag) is None else getattr(args, flag))
+    if args.n_embd and args.n_head and args.n_embd % args.n_head:
         raise CLIError(f"--n-embd {args.n_embd} is not divisible by --n-head {args.n_head}")
-    if args.tokenizer == "bpe" and args.vocab_size < 257:
+    if args.tokenizer == "bpe" and args.vocab_size < 257 and not args.resume:
         raise CLIError(
             f"--vocab-size {args.vocab_size} is too small for byte-level BPE: it needs the "
             "256 bytes and <|endoftext|>, at least 257"
@@ -158,24 +206,35 @@ class StopFlag:
 
 
 def prepare(args: argparse.Namespace, out: Path, text: str) -> tuple[GPT, Tokenizer]:
-    """A fresh model and tokenizer, or the ones in --out for --resume."""
+    """A fresh model and tokenizer, the ones of --init-from, or the ones in --out for --resume; sets
+    args.block_size where it was left to the model."""
     if args.resume:
         if not (out / STATE_FILE).is_file():
             raise CLIError(f"--resume: {out} holds no training state ({STATE_FILE}) to resume")
         cfg = read_config(out)
-        for flag, key in SHAPE_FLAGS.items():
-            if getattr(args, flag) != getattr(cfg, key):
-                raise CLIError(
-                    f"--resume: {out} holds a model with --{flag.replace('_', '-')} "
-                    f"{getattr(cfg, key)}, not {getattr(args, flag)}"
-                )
         tok = load_tokenizer(out)
-        if tok.kind != args.tokenizer:
-            raise CLIError(f"--resume: {out} was trained with --tokenizer {tok.kind}, not {args.tokenizer}")
+        block = saved_block_size(out) or cfg.n_ctx
+        saved: dict[str, object] = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=block)
+        saved["tokenizer"] = tok.kind
+        for flag, value in saved.items():
+            if getattr(args, flag) not in (None, value):
+                raise CLIError(
+                    f"--resume: {out} was trained with --{flag.replace('_', '-')} {value}, not {getattr(args, flag)}"
+                )
+            setattr(args, flag, value)
         cfg.dropout = args.dropout
         return GPT(cfg, seed=args.seed), tok
     if (out / STATE_FILE).exists():
         raise CLIError(f"{out} already holds a training run; add --resume to continue it, or choose another --out")
+    if args.init_from:
+        model, tok = load_model(args.init_from)
+        n_ctx = model.config.n_ctx
+        args.block_size = args.block_size or min(n_ctx, 256)
+        if args.block_size > n_ctx:
+            raise CLIError(f"--block-size {args.block_size} is above the context of {args.init_from} ({n_ctx})")
+        model.config.dropout = args.dropout
+        model.rng = np.random.default_rng(args.seed)
+        return model, tok
     tok = build_tokenizer(args.tokenizer, text, args.vocab_size)
     cfg = GPTConfig(
         vocab_size=tok.vocab_size,
@@ -200,7 +259,9 @@ class Trainer:
 
     def __init__(self, args: argparse.Namespace, model: GPT, tok: Tokenizer, train: np.ndarray, val: np.ndarray):
         self.args, self.model, self.tok, self.out = args, model, tok, Path(args.out)
-        self.train_batches = Batches(train, args.batch_size, args.block_size)
+        # one draw of batch_size * grad_accum windows per step, cut into micro-batches: the same
+        # windows as one batch of that size
+        self.train_batches = Batches(train, args.batch_size * args.grad_accum, args.block_size)
         self.val_batches = Batches(val, args.batch_size, args.block_size)
         self.opt = AdamW(
             model.params, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8, weight_decay=args.weight_decay
@@ -209,15 +270,32 @@ class Trainer:
         self.run = load_state(self.out, model, self.opt, self.rng) if args.resume else Run()
         self.decay_steps = args.lr_decay_steps or args.max_steps
         self.tokens_per_s = 0.0
+        self.accumulated = model.params.like() if args.grad_accum > 1 else None
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
         return self.train_batches.sample(self.rng)
+
+    def gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Parameters]:
+        """Mean loss and gradient over the windows x, y, as --grad-accum micro-batches of --batch-size."""
+        if self.accumulated is None:
+            return self.model.loss_and_grads(x, y)
+        B, n, total = self.args.batch_size, self.args.grad_accum, self.accumulated.flat
+        losses = []
+        for k in range(n):
+            loss, grads = self.model.loss_and_grads(x[k * B : (k + 1) * B], y[k * B : (k + 1) * B])
+            losses.append(loss)
+            if k == 0:
+                total[...] = grads.flat
+            else:
+                total += grads.flat
+        total *= 1.0 / n  # every window is whole, so the mean of the micro-batches' means is the mean
+        return float(np.mean(losses)), self.accumulated
 
     def train_step(self) -> float:
         """One optimizer step on the next batch; returns its loss (not finite: nothing was changed)."""
         a, run = self.args, self.run
         self.opt.lr = lr_at(run.step, a.lr, a.min_lr, a.warmup_steps, self.decay_steps)
-        loss, grads = self.model.loss_and_grads(*self.next_batch())
+        loss, grads = self.gradients(*self.next_batch())
         if not math.isfinite(loss):
             return loss
         if a.grad_clip > 0:
@@ -247,9 +325,22 @@ class Trainer:
 
         tqdm.write(f"step {run.step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
 
+    def log_training(self, loss: float) -> None:
+        row = dict(step=self.run.step, lr=self.opt.lr, train_loss=loss, val_loss=None, tokens_per_s=self.tokens_per_s)
+        self.run.log.append(row)
+
+    def sample(self) -> str:
+        """A short sample from --sample-prompt, drawn from its own generator (training's stays untouched)."""
+        a, tok = self.args, self.tok
+        ids = tok.encode(a.sample_prompt) if a.sample_prompt else self.train_batches.data[:8].tolist()
+        ids = (ids or [tok.eos_id or 0])[-self.model.config.n_ctx :]
+        rng = np.random.default_rng([a.seed, self.run.step, 2])
+        out = self.model.generate(np.array([ids]), 48, temperature=0.8, top_k=40, seed=rng, stop_token=tok.eos_id)
+        return tok.decode(ids + [int(t) for t in out[0, len(ids) :] if t != tok.eos_id])
+
     def checkpoint(self) -> None:
         """Everything in --out, each file atomically; train_state first: alone it is enough to resume."""
-        save_state(self.out, self.model, self.opt, self.rng, self.run)
+        save_state(self.out, self.model, self.opt, self.rng, self.run, self.args.block_size)
         self.model.save_pretrained(self.out, eos_token_id=self.tok.eos_id)
         write_log(self.out, self.run.log)
         plot(self.out, self.run.log)
@@ -261,7 +352,9 @@ class Trainer:
 
         a, run = self.args, self.run
         start_step, training_seconds, started = run.step, 0.0, time.perf_counter()
-        tokens_per_step = a.batch_size * a.block_size
+        tokens_per_step = a.batch_size * a.grad_accum * a.block_size  # every micro-batch counts
+        if run.step == 0:
+            self.log_evaluation()  # where the run starts from
         bar = tqdm(
             total=a.max_steps,
             initial=start_step,
@@ -289,6 +382,10 @@ class Trainer:
                 bar.set_postfix(
                     loss=f"{loss:.4f}", lr=f"{self.opt.lr:.2e}", tok_s=f"{self.tokens_per_s:,.0f}", refresh=False
                 )
+                if run.step % a.log_interval == 0:
+                    self.log_training(loss)
+                if a.sample_every and run.step % a.sample_every == 0:
+                    tqdm.write(f"sample at step {run.step}: {self.sample()!r}")
                 if run.step % a.eval_interval == 0 or run.step == a.max_steps:
                     self.log_evaluation()
                     self.checkpoint()
@@ -309,6 +406,9 @@ class Trainer:
 def resume_command(args: argparse.Namespace) -> str:
     """The whole command line that continues this run: the flags it was started with, plus --resume."""
     words = list(getattr(args, "argv", None) or ["--data", args.data, "--out", args.out])
+    if "--init-from" in words:  # the run now lives in --out
+        i = words.index("--init-from")
+        del words[i : i + 2]
     if "--resume" not in words:
         words.append("--resume")
     return shlex.join(["python", "-m", "simple_llm", "train", *words])
@@ -333,7 +433,8 @@ def run(args: argparse.Namespace) -> int:
     if not args.resume:
         tok.save(out / TOKENIZER_FILE)
     print(
-        f"{model.n_params:,} parameters; {tok.kind} tokenizer of {tok.vocab_size} tokens; "
+        f"{model.n_params:,} parameters{' from ' + args.init_from if args.init_from else ''}; "
+        f"{tok.kind} tokenizer of {tok.vocab_size} tokens; "
         f"{len(train):,} training and {len(val):,} validation tokens",
         flush=True,
     )

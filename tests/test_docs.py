@@ -46,4 +46,6 @@ def test_docs_name_only_tests_that_exist():
             current = file or current
             assert current, f"{path.name} names ::{name} without a test file before it"
             source = (ROOT / "tests" / current).read_text(encoding="utf-8")
-            assert re.search(rf"^def {name}\b", source, re.M), f"{path.name} names {current}::{name}, which does not exist"
+            assert re.search(rf"^def {name}\b", source, re.M), (
+                f"{path.name} names {current}::{name}, which does not exist"
+            )

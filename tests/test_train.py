@@ -83,8 +83,11 @@ def test_a_tiny_run_learns_and_writes_everything(tmp_path):
     ]
     rows = list(csv.DictReader((out / "log.csv").open()))
     assert list(rows[0]) == ["step", "lr", "train_loss", "val_loss", "tokens_per_s"]
-    assert [int(r["step"]) for r in rows] == [50, 100, 150]
-    assert float(rows[-1]["val_loss"]) < 0.1 < float(rows[0]["val_loss"]) or float(rows[-1]["val_loss"]) < 0.1
+    evals = [r for r in rows if r["val_loss"]]
+    assert [int(r["step"]) for r in evals] == [0, 50, 100, 150]  # step 0 is evaluated too
+    batches = [int(r["step"]) for r in rows if not r["val_loss"]]
+    assert batches == list(range(10, 151, 10))  # a training-loss row every --log-interval (10) steps
+    assert float(evals[-1]["val_loss"]) < 0.1 < float(evals[0]["val_loss"])  # it learned
     assert "step 150: train loss" in proc.stdout and "best validation loss" in proc.stdout
     model, tok = GPT.from_pretrained(out), load_tokenizer(out)
     out_ids = model.generate(np.array([tok.encode("abc")]), max_new_tokens=10)
@@ -132,7 +135,11 @@ def test_resume_is_bit_for_bit(tmp_path, text_file, dropout, tokenizer):
     for name in a:
         np.testing.assert_array_equal(a[name], b[name], err_msg=name)
     log = list(csv.DictReader((twice / "log.csv").open()))
-    assert [int(r["step"]) for r in log] == [15, 20, 30, 40]
+    assert [int(r["step"]) for r in log if r["val_loss"]] == [0, 15, 20, 30, 40]  # 20: where the first part ended
+    batch_rows = [(r["step"], r["train_loss"]) for r in log if not r["val_loss"]]
+    assert [int(s) for s, _ in batch_rows] == [10, 20, 30, 40]
+    straight = [(r["step"], r["train_loss"]) for r in csv.DictReader((once / "log.csv").open()) if not r["val_loss"]]
+    assert batch_rows == straight  # the same batch losses, step for step
 
 
 POSIX_ONLY = pytest.mark.skipif(sys.platform == "win32", reason="needs POSIX signals and resource limits")
@@ -292,3 +299,64 @@ def test_resume_says_where_it_starts_and_refuses_a_finished_run(tmp_path, text_f
     assert "resuming from step 2 of 3" in proc.stdout
     proc = run_cli("train", "--data", text_file, "--out", out, *TINY, "--max-steps", "3", "--resume")
     assert_one_line_error(proc, "--resume:", "already at step 3")
+
+
+def test_grad_accum_draws_the_same_windows_and_ends_with_the_same_weights(tmp_path, text_file):
+    common = ["--data", text_file, *TINY, "--max-steps", "6", "--eval-interval", "6", "--seed", "4"]
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(*common, "--out", whole, "--batch-size", "8")
+    proc = train(*common, "--out", parts, "--batch-size", "2", "--grad-accum", "4")
+    a, b = (
+        np.concatenate([v.ravel() for v in weights(whole).values()]),
+        np.concatenate([v.ravel() for v in weights(parts).values()]),
+    )
+    assert np.linalg.norm(a - b) / np.linalg.norm(a) < 1e-5
+    other = tmp_path / "other"  # a different batch gives visibly different weights: the check can fail
+    train(*common, "--out", other, "--batch-size", "2", "--grad-accum", "3")
+    c = np.concatenate([v.ravel() for v in weights(other).values()])
+    assert np.linalg.norm(a - c) / np.linalg.norm(a) > 1e-4
+    assert "tokens/s" in proc.stdout  # counted over every micro-batch (8 windows a step)
+
+
+def test_init_from_fine_tunes_a_model_directory(tmp_path, text_file):
+    base, tuned = tmp_path / "base", tmp_path / "tuned"
+    train("--data", text_file, "--out", base, *TINY, "--max-steps", "4", "--eval-interval", "4")
+    recipe = ["--lr", "3e-5", "--min-lr", "3e-5", "--warmup-steps", "0", "--no-progress", "--eval-steps", "2"]
+    args = ["--data", text_file, "--out", tuned, "--init-from", base, "--batch-size", "4", *recipe]
+    proc = train(*args, "--max-steps", "3", "--eval-interval", "3")
+    assert f"from {base}" in proc.stdout
+    before, after = weights(base), weights(tuned)
+    assert any(not np.array_equal(before[k], after[k]) for k in before)  # it trained ...
+    assert max(float(np.abs(before[k] - after[k]).max()) for k in before) < 1e-2  # ... gently, from base
+    text = text_file.read_text(encoding="utf-8")[:200]
+    assert load_tokenizer(tuned).encode(text) == load_tokenizer(base).encode(text)
+    assert GPT.from_pretrained(tuned).config == GPT.from_pretrained(base).config
+    resume = [a for a in args if a not in ("--init-from", base)]  # the run now lives in --out
+    proc = run_cli("train", *resume, "--max-steps", "5", "--eval-interval", "5", "--resume")
+    assert proc.returncode == 0 and "resuming from step 3 of 5" in proc.stdout, proc.stderr
+
+
+@pytest.mark.parametrize(
+    "extra, fragment",
+    [
+        (["--n-layer", "2"], "--init-from uses the config and tokenizer of"),
+        (["--tokenizer", "bpe"], "drop --tokenizer"),
+        (["--resume"], "give only one"),
+        (["--block-size", "17"], "--block-size 17 is above the context"),
+    ],
+)
+def test_init_from_refuses_what_the_model_already_says(tmp_path, text_file, extra, fragment):
+    base = tmp_path / "base"
+    train("--data", text_file, "--out", base, *TINY, "--max-steps", "2", "--eval-interval", "2")
+    proc = run_cli("train", "--data", text_file, "--out", tmp_path / "t", "--init-from", base, *extra)
+    assert_one_line_error(proc, fragment)
+
+
+def test_samples_while_training_and_help_shows_defaults(tmp_path, text_file):
+    proc = train("--data", text_file, "--out", tmp_path / "run", *TINY, "--max-steps", "4", "--eval-interval", "4",
+                 "--sample-every", "2", "--sample-prompt", "the cat")  # fmt: skip
+    samples = [line for line in proc.stdout.splitlines() if line.startswith("sample at step")]
+    assert [line.split(":")[0] for line in samples] == ["sample at step 2", "sample at step 4"]
+    assert all("'the cat" in line for line in samples)
+    help_text = run_cli("train", "--help").stdout
+    assert "(default: 12)" in help_text and "--grad-accum" in help_text and "``" not in help_text
