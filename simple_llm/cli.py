@@ -21,6 +21,7 @@ COMMANDS = {
     "train": "train",
     "generate": "generate",
     "chat": "generate",
+    "eval": "evaluate",
     "inspect": "inspection",
     "bench": "bench",
 }

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_args import Parser, add_sampling_flags
+from .cli_args import Parser, add_sampling_flags, positive_int
 from .modeldir import load_model
 from .session import Session, settings_from
 
@@ -29,14 +29,23 @@ def parser(name: str) -> Parser:
     )
     if name == "generate":
         p.add_argument("--prompt", required=True, help="the text to continue")
-    add_sampling_flags(p, max_new_tokens=50 if name == "generate" else 100)
+        p.add_argument(
+            "--num-samples", type=positive_int, default=1, metavar="N", help="N samples, separated by --- lines"
+        )
+        add_sampling_flags(p, max_new_tokens=50)
+    else:  # a small model answers greedily with one word over and over: chat samples by default
+        add_sampling_flags(p, max_new_tokens=100, temperature=0.8, top_k=40)
     p.set_defaults(run=run_generate if name == "generate" else run_chat)
     return p
 
 
 def run_generate(args: argparse.Namespace) -> int:
     model, tok = load_model(args.model)
-    Session(model, tok, settings_from(args)).generate(args.prompt, continuation_only=False)
+    session = Session(model, tok, settings_from(args))  # one random stream: the samples differ
+    for i in range(args.num_samples):
+        if i:
+            session.out.write("---\n")
+        session.generate(args.prompt, continuation_only=False)
     return 0
 
 

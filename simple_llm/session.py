@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+import unicodedata
 from dataclasses import dataclass
 from typing import TextIO
 
 import numpy as np
 
 from .model import GPT
-from .tokenizers import Tokenizer
+from .tokenizers import Tokenizer, WordTokenizer
 
 PROMPT = "Enter a prompt (or 'quit' to exit): "
 HELP = """commands:
@@ -65,14 +66,24 @@ def token_label(tok: Tokenizer, token_id: int) -> str:
     return text if text and text.isprintable() and text.strip() == text else repr(text)
 
 
+def display_width(text: str) -> int:
+    """Terminal columns of text: East Asian wide and fullwidth characters take two.
+
+    >>> display_width("猫が"), display_width("cat")
+    (4, 3)
+    """
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
 def probability_lines(tok: Tokenizer, probs: np.ndarray, k: int, chosen: int) -> list[str]:
-    """The k most likely tokens of probs (V,), most likely first, as text bars; '>' marks chosen."""
-    top = np.argsort(-probs, kind="stable")[:k]
-    labels = [token_label(tok, int(i)) for i in top]
-    width = max(len(label) for label in labels)
+    """The k most likely tokens of probs (V,) that can be drawn (probability above 0), most likely
+    first, as text bars; '>' marks chosen."""
+    top = [int(i) for i in np.argsort(-probs, kind="stable")[:k] if probs[i] > 0]
+    labels = [token_label(tok, i) for i in top]
+    width = max((display_width(label) for label in labels), default=0)
     return [
-        f"  {'>' if int(i) == chosen else ' '} {label:<{width}}  {probs[i]:.2f} {bar(float(probs[i]))}"
-        for i, label in zip(top, labels)
+        f"  {'>' if i == chosen else ' '} {label}{pad}  {probs[i]:.2f} {bar(float(probs[i]))}"
+        for i, label, pad in zip(top, labels, (" " * (width - display_width(label)) for label in labels))
     ]
 
 
@@ -113,16 +124,25 @@ class Session:
 
     def __init__(self, model: GPT, tok: Tokenizer, settings: Settings, out: TextIO = sys.stdout):
         self.model, self.tok, self.settings, self.out = model, tok, settings, out
+        self.rng = np.random.default_rng(settings.seed)  # one random stream for the whole session
 
     def prompt_ids(self, text: str) -> list[int]:
+        """The prompt's tokens: words the vocabulary lacks are named on stderr and left out; a prompt
+        longer than the context keeps its last n_ctx tokens (said on stderr too)."""
+        if isinstance(self.tok, WordTokenizer):
+            unknown = [w for w in text.split() if w not in self.tok.ids]
+            if unknown:
+                print(f"note: not in this model's vocabulary, left out: {' '.join(unknown)}", file=sys.stderr)
+                text = " ".join(w for w in text.split() if w in self.tok.ids)
         ids = self.tok.encode(text)
         if not ids:
             if self.tok.eos_id is None:
-                raise ValueError("the prompt is empty")
+                raise ValueError("the prompt has no token this model knows")
             ids = [self.tok.eos_id]  # GPT-2 style: start from the end-of-text token
         n_ctx = self.model.config.n_ctx
         if len(ids) > n_ctx:
-            raise ValueError(f"the prompt is {len(ids)} tokens long; this model's context holds {n_ctx}")
+            print(f"note: the prompt is {len(ids)} tokens long; using its last {n_ctx} (the context)", file=sys.stderr)
+            ids = ids[-n_ctx:]
         return ids
 
     def generate(self, text: str, label: str = "", continuation_only: bool = True) -> str:
@@ -135,7 +155,7 @@ class Session:
             self.out.write(self.tok.decode(ids))
         steps = []
         for step in self.model.stream(
-            np.array([ids]), s.max_new_tokens, s.temperature, s.top_k, s.seed, s.top_p, stop_token=self.tok.eos_id
+            np.array([ids]), s.max_new_tokens, s.temperature, s.top_k, self.rng, s.top_p, stop_token=self.tok.eos_id
         ):
             token = int(step.tokens[0])
             steps.append((token, step.probs[0]))
@@ -143,6 +163,12 @@ class Session:
                 break
             stream.add(token)
         text_out = stream.finish()
+        filtered = s.temperature > 0 and (s.top_k or (s.top_p or 1.0) < 1.0)
+        if s.show_probs and filtered:
+            self.out.write(
+                f"  (the distribution drawn from: temperature {s.temperature:g}, top-k {s.top_k or 'off'}, "
+                f"top-p {s.top_p or 'off'}; only tokens that can be drawn are listed)\n"
+            )
         for i, (token, probs) in enumerate(steps if s.show_probs else []):
             self.out.write(f"  next token {i + 1}: {token_label(self.tok, token)}\n")
             self.out.write("\n".join(probability_lines(self.tok, probs, s.show_probs, token)) + "\n")

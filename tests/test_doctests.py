@@ -7,11 +7,15 @@ import doctest
 import pytest
 
 import simple_llm.bpe
+import simple_llm.evaluate
+import simple_llm.parallel
 import simple_llm.params
 import simple_llm.session
 
+MODULES = [simple_llm.bpe, simple_llm.evaluate, simple_llm.parallel, simple_llm.params, simple_llm.session]
 
-@pytest.mark.parametrize("module", [simple_llm.bpe, simple_llm.params, simple_llm.session])
+
+@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)
 def test_docstring_examples(module):
     result = doctest.testmod(module)
     assert result.attempted > 0 and result.failed == 0

@@ -49,16 +49,72 @@ def test_generate_show_probs_lists_k_tokens_in_descending_order(word_model):
 
 
 def test_chat_session_with_commands(word_model):
-    proc = run_cli("chat", "--model", word_model, input_text="the cat\n/temperature 0.7\n/top-k 2\nthe\n/nonsense\n")
+    proc = run_cli(
+        "chat",
+        "--model",
+        word_model,
+        "--temperature",
+        "0",
+        input_text="the cat\n/temperature 0.7\n/top-k 2\nthe\n/nonsense\n",
+    )
     assert proc.returncode == 0, proc.stderr
     assert "Generated text: sat on the mat\n" in proc.stdout
     assert "temperature 0.7, top-k 2" in proc.stdout
     assert "unknown command /nonsense" in proc.stdout
 
 
-def test_prompt_longer_than_the_context(word_model):
-    proc = run_cli("generate", "--model", word_model, "--prompt", " ".join(["cat"] * 20))
-    assert_one_line_error(proc, "simple_llm generate: error:", "20 tokens long", "holds 16")
+def test_prompt_longer_than_the_context_keeps_its_last_n_ctx_tokens(word_model):
+    proc = run_cli(
+        "generate", "--model", word_model, "--prompt", " ".join(["cat"] * 20) + " the cat", "--max-new-tokens", "4"
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "note: the prompt is 22 tokens long; using its last 16" in proc.stderr
+    prompt = " ".join(["cat"] * 14) + " the cat"  # what the model sees: the last 16 tokens
+    assert proc.stdout.startswith(prompt + " ") and len(proc.stdout[len(prompt) :].split()) == 4
+
+
+def test_num_samples_differ_and_the_seed_reproduces_them(word_model):
+    args = ["generate", "--model", word_model, "--prompt", "the", "--num-samples", "4", "--temperature", "3"]
+    first, again = run_cli(*args, "--seed", "5").stdout, run_cli(*args, "--seed", "5").stdout
+    samples = first.split("---\n")
+    assert first == again and len(samples) == 4 and len(set(samples)) > 1
+    assert all(s.startswith("the") for s in samples)
+    assert run_cli(*args, "--seed", "6").stdout != first
+
+
+def test_chat_draws_from_one_random_stream_and_samples_by_default(word_model):
+    proc = run_cli("chat", "--model", word_model, "--temperature", "3", input_text="the\n" * 6)
+    answers = re.findall(r"Generated text: (.*)", proc.stdout)
+    assert len(answers) == 6 and len(set(answers)) > 1  # the same prompt, another answer each time
+    assert "default 0.8" in run_cli("chat", "--help").stdout
+
+
+def test_unknown_words_are_named_and_the_rest_answered(word_model):
+    proc = run_cli("generate", "--model", word_model, "--prompt", "hello the cat", "--max-new-tokens", "4")
+    assert proc.returncode == 0, proc.stderr
+    assert "not in this model's vocabulary, left out: hello" in proc.stderr
+    assert proc.stdout == "the cat sat on the mat\n"
+
+
+def test_filtered_probabilities_list_only_tokens_that_can_be_drawn(word_model):
+    args = ["--prompt", "the", "--max-new-tokens", "2", "--show-probs", "5", "--temperature", "1", "--top-k", "2"]
+    proc = run_cli("generate", "--model", word_model, *args)
+    assert "only tokens that can be drawn are listed" in proc.stdout
+    blocks = re.findall(r"next token \d+: \S+\n((?:  [> ] .*\n)+)", proc.stdout)
+    assert blocks and all(len(b.splitlines()) == 2 for b in blocks)  # top-k 2: two candidates, not five
+
+
+def test_probability_bars_line_up_for_wide_characters():
+    from simple_llm.session import probability_lines
+
+    tok = WordTokenizer.train("猫 cat 日本語")
+    probs = np.zeros(tok.vocab_size)
+    probs[tok.ids["猫"]], probs[tok.ids["cat"]], probs[tok.ids["日本語"]] = 0.5, 0.3, 0.2
+    lines = probability_lines(tok, probs, 3, tok.ids["猫"])
+    from simple_llm.session import display_width
+
+    columns = [display_width(line.split("  0.")[0]) for line in lines]
+    assert len(lines) == 3 and len(set(columns)) == 1, lines
 
 
 @pytest.mark.parametrize(
