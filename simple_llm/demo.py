@@ -21,7 +21,7 @@ from .model import GPT
 from .optim import AdamW
 from .parallel import cores
 from .session import Session, settings_from
-from .tokenizers import EOS, WordTokenizer
+from .tokenizers import EOS, CharTokenizer, Tokenizer, WordTokenizer
 
 DATA_FILES = {"en": "data_en.txt", "ja": "data.txt"}
 EPOCH_LINES = {"en": "Epoch {epoch}: average loss = {loss:.4f}", "ja": "Epoch {epoch}: 平均損失 = {loss:.4f}"}
@@ -61,10 +61,19 @@ def train_demo(
     seed: int = 0,
     batch_size: int = 8,
     on_epoch: Callable[[int, float], None] | None = None,
-) -> tuple[GPT, WordTokenizer]:
-    """Train a 2-layer GPT-2 on the sentences; on_epoch(epoch, average loss) after each epoch."""
-    tok = WordTokenizer.train("\n".join(sentences))
-    eos = tok.ids[EOS]
+    tokenizer: str = "word",
+) -> tuple[GPT, Tokenizer]:
+    """Train a 2-layer GPT-2 on the sentences; on_epoch(epoch, average loss) after each epoch.
+
+    tokenizer "word" learns whitespace-separated words; "char" learns characters of the sentences
+    with their spaces removed, as Japanese is written (so 猫が, unspaced, is two known tokens)."""
+    if tokenizer == "char":
+        sentences = ["".join(s.split()) for s in sentences]
+        tok: Tokenizer = CharTokenizer.train("".join(sentences), specials=(EOS,))
+    else:
+        tok = WordTokenizer.train("\n".join(sentences))
+    eos = tok.eos_id
+    assert eos is not None  # both tokenizers above have <eos>
     seqs = [tok.encode(s) + [eos] for s in sentences]
     seqs = [s for s in seqs if len(s) >= 2]
     if not seqs:
@@ -95,6 +104,12 @@ def parser(name: str) -> Parser:
     )
     p.add_argument("--epochs", type=positive_int, default=100, help="passes over the data (default 100)")
     p.add_argument("--data", metavar="FILE", help="train on this UTF-8 file instead, one sentence per line")
+    p.add_argument(
+        "--tokenizer",
+        choices=["word", "char"],
+        help="word: whitespace-separated words (default for en); char: characters, spaces removed, so "
+        "prompts need no spaces (default for ja)",
+    )
     add_sampling_flags(p, max_new_tokens=20)
     p.add_argument("--version", action="version", version=f"simple_llm {__version__} ({BACKEND} kernels)")
     p.set_defaults(run=run)
@@ -112,5 +127,6 @@ def run(args: argparse.Namespace) -> int:
     def report(epoch: int, loss: float) -> None:
         print(EPOCH_LINES[args.lang].format(epoch=epoch, loss=loss), flush=True)
 
-    model, tok = train_demo(sentences, epochs=args.epochs, seed=args.seed, on_epoch=report)
+    kind = args.tokenizer or ("char" if args.lang == "ja" else "word")
+    model, tok = train_demo(sentences, epochs=args.epochs, seed=args.seed, on_epoch=report, tokenizer=kind)
     return Session(model, tok, settings_from(args)).interact()

@@ -15,7 +15,7 @@ from typing import TextIO
 import numpy as np
 
 from .model import GPT
-from .tokenizers import Tokenizer, WordTokenizer
+from .tokenizers import CharTokenizer, Tokenizer, WordTokenizer
 
 PROMPT = "Enter a prompt (or 'quit' to exit): "
 HELP = """commands:
@@ -129,11 +129,12 @@ class Session:
     def prompt_ids(self, text: str) -> list[int]:
         """The prompt's tokens: words the vocabulary lacks are named on stderr and left out; a prompt
         longer than the context keeps its last n_ctx tokens (said on stderr too)."""
-        if isinstance(self.tok, WordTokenizer):
-            unknown = [w for w in text.split() if w not in self.tok.ids]
+        if isinstance(self.tok, (WordTokenizer, CharTokenizer)):
+            pieces = text.split() if isinstance(self.tok, WordTokenizer) else list(text)
+            unknown = [w for w in pieces if w not in self.tok.ids]
             if unknown:
                 print(f"note: not in this model's vocabulary, left out: {' '.join(unknown)}", file=sys.stderr)
-                text = " ".join(w for w in text.split() if w in self.tok.ids)
+                text = (" " if isinstance(self.tok, WordTokenizer) else "").join(w for w in pieces if w in self.tok.ids)
         ids = self.tok.encode(text)
         if not ids:
             if self.tok.eos_id is None:

@@ -151,3 +151,12 @@ def test_an_unbuilt_source_tree_says_that_the_fallback_runs(tmp_path, monkeypatc
     monkeypatch.setattr(kernels, "BACKEND", "cython")
     monkeypatch.delenv("SIMPLE_LLM_PURE_PYTHON")
     assert cli.fallback_note() is None
+
+
+def test_japanese_as_people_write_it_without_spaces():
+    proc = run_cli(input_text="猫が\nこんにちは\n")
+    assert proc.returncode == 0, proc.stderr
+    assert "Generated text: 暖かいマットの上で眠る" in proc.stdout  # an unspaced prompt, known characters
+    assert "Generated text: 世界" in proc.stdout
+    spaced = run_cli("ja", "--tokenizer", "word", input_text="猫 が\n")  # the word model needs the spaces
+    assert "Generated text: 暖かい マット の 上 で 眠る" in spaced.stdout
