@@ -132,6 +132,8 @@ class Session:
         if isinstance(self.tok, (WordTokenizer, CharTokenizer)):
             pieces = text.split() if isinstance(self.tok, WordTokenizer) else list(text)
             unknown = [w for w in pieces if w not in self.tok.ids]
+            if unknown and len(unknown) == len(pieces):
+                raise ValueError(f"no token of the prompt is in this model's vocabulary: {' '.join(unknown)}")
             if unknown:
                 print(f"note: not in this model's vocabulary, left out: {' '.join(unknown)}", file=sys.stderr)
                 text = (" " if isinstance(self.tok, WordTokenizer) else "").join(w for w in pieces if w in self.tok.ids)

@@ -334,7 +334,7 @@ CLI_CASES = [
     (["generate", "--model", "{d}", "--prompt", "x"], "config.json does not exist"),
     (["generate", "--model", "{m}", "--prompt", "x", "--temperature", "hot"], "--temperature: must be a number"),
     (["generate", "--model", "{m}", "--prompt", "x", "--top-k", "-1"], "--top-k: must be an integer >= 0"),
-    (["generate", "--model", "{m}", "--prompt", "zzz"], "'z' is not in this tokenizer's vocabulary"),
+    (["generate", "--model", "{m}", "--prompt", "zzz"], "no token of the prompt is in this model's vocabulary: z z z"),
     (["chat"], "required: --model"),
     (["chat", "--model", "/no/such/dir"], "not a checkpoint directory"),
     (["chat", "--model", "{m}", "--show-probs", "-3"], "--show-probs: must be an integer >= 0"),

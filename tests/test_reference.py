@@ -153,3 +153,39 @@ def test_bfloat16_and_float16_checkpoints_load(tmp_path):
         ours = GPT.from_pretrained(tmp_path, dtype=np.float32)
         expected = ref.transformer.wte.weight.detach().to(torch.float32).numpy()
         np.testing.assert_array_equal(ours.params["wte.weight"], expected)
+
+
+def test_scale_path_to_pytorch_and_back(tmp_path):
+    """Train here, load in transformers, train one step with PyTorch, save_pretrained, and fine-tune
+    that directory here again: no conversion step anywhere."""
+    import shutil
+
+    from support import run_cli
+
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat. the dog ran far.\n" * 60, encoding="utf-8")
+    ours, theirs, back = tmp_path / "ours", tmp_path / "theirs", tmp_path / "back"
+    flags = ["--n-layer", "1", "--n-head", "2", "--n-embd", "16", "--block-size", "16", "--batch-size", "4"]
+    proc = run_cli(
+        "train", "--data", text, "--out", ours, *flags, "--max-steps", "3", "--eval-steps", "1", "--no-progress"
+    )
+    assert proc.returncode == 0, proc.stderr
+    model = transformers.GPT2LMHeadModel.from_pretrained(ours)
+    idx = torch.tensor(tokens(B=2, T=16, seed=1) % model.config.vocab_size)
+    torch.optim.AdamW(model.parameters(), lr=1e-2).zero_grad()
+    model(idx, labels=idx).loss.backward()
+    with torch.no_grad():
+        for p in model.parameters():
+            p -= 1e-2 * p.grad  # one plain step: the weights move
+    model.save_pretrained(theirs)
+    shutil.copy(ours / "tokenizer.json", theirs / "tokenizer.json")  # the tokenizer travels beside it
+    moved = GPT.from_pretrained(theirs)
+    state = {k.removeprefix("transformer."): v.detach().numpy() for k, v in model.state_dict().items()}
+    for name, p in moved.params.items():
+        np.testing.assert_array_equal(p, state[name], err_msg=name)
+    assert not np.array_equal(moved.params.flat, GPT.from_pretrained(ours).params.flat)
+    recipe = ["--lr", "3e-5", "--min-lr", "3e-5", "--warmup-steps", "0", "--eval-steps", "1", "--no-progress"]
+    proc = run_cli("train", "--data", text, "--out", back, "--init-from", theirs, "--batch-size", "2",
+                   "--max-steps", "2", *recipe)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert transformers.GPT2LMHeadModel.from_pretrained(back) is not None
