@@ -21,6 +21,8 @@ for need in (
     "data/data_en.txt",
     "docs/PROCESSING_FLOW.md",
     "tests/test_kernels.py",
+    "tests/data/shakespeare_excerpt.txt",
+    "simple_llm/explorer/app.js",
     "LICENSE-MIT",
     "LICENSE-APACHE",
     "CHANGELOG.md",
@@ -30,7 +32,14 @@ assert not [n for n in names if n.endswith((".c", ".so", ".pyd", ".o"))], "the s
 with zipfile.ZipFile(next(dist.glob("*.whl"))) as wheel:
     files = wheel.namelist()
 assert any(f.startswith("simple_llm/_kernels.") and f.endswith((".so", ".pyd")) for f in files), "no compiled module"
-for need in ("simple_llm/data/data.txt", "simple_llm/data/data_en.txt", "simple_llm/py.typed"):
+for need in (
+    "simple_llm/data/data.txt",
+    "simple_llm/data/data_en.txt",
+    "simple_llm/py.typed",
+    "simple_llm/explorer/index.html",
+    "simple_llm/explorer/app.js",
+    "simple_llm/explorer/style.css",
+):
     assert need in files, f"the wheel lacks {need}"
 leftovers = [f for f in files if f.endswith((".c", ".pyx", ".o", ".h")) or f.startswith(("build/", "src/"))]
 assert not leftovers, f"build leftovers in the wheel: {leftovers}"

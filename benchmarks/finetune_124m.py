@@ -19,6 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 from gpt2_124m import make_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -41,9 +42,7 @@ TORCH = (
 import sys, time, numpy as np, torch, transformers
 from pathlib import Path
 model = transformers.GPT2LMHeadModel.from_pretrained(sys.argv[1])
-d = Path(sys.argv[1])
-tok = transformers.GPT2TokenizerFast(vocab_file=str(d / "vocab.json"), merges_file=str(d / "merges.txt"))
-ids = np.array(tok(Path(sys.argv[2]).read_text(encoding="utf-8"))["input_ids"])
+ids = np.load(sys.argv[2])  # the corpus's GPT-2 token ids (tiktoken's, written by the parent)
 opt = torch.optim.AdamW(model.parameters(), lr=3e-5, betas=(0.9, 0.95), weight_decay=0.1, fused=True)
 rng, steps, times = np.random.default_rng(0), int(sys.argv[3]), []
 for _ in range(steps):
@@ -85,8 +84,12 @@ def main() -> None:
         done = re.search(r"([\d,]+) tokens/s while training", ours.stdout)
         last = ours.stdout.strip().splitlines()[-1:]
         print(f"simple_llm: {done.group(1) if done else ours.stderr[-300:]} tokens/s; {last}")
+        from simple_llm import load_tokenizer
+
+        ids = Path(tmp) / "ids.npy"
+        np.save(ids, np.array(load_tokenizer(model).encode(corpus().read_text(encoding="utf-8")), dtype=np.int64))
         theirs = subprocess.run(
-            [sys.executable, "-c", TORCH, str(model), str(corpus()), str(steps)], capture_output=True, text=True
+            [sys.executable, "-c", TORCH, str(model), str(ids), str(steps)], capture_output=True, text=True
         )
         print("PyTorch:", " ; ".join(theirs.stdout.strip().splitlines()) or theirs.stderr[-300:])
 

@@ -22,6 +22,7 @@ COMMANDS = {
     "generate": "generate",
     "chat": "generate",
     "eval": "evaluate",
+    "explore": "explore",
     "inspect": "inspection",
     "bench": "bench",
 }

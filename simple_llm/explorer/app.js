@@ -1,0 +1,268 @@
+// simple_llm explorer: the page over the JSON API of simple_llm/explore.py. Plain JavaScript and SVG.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const SVG = "http://www.w3.org/2000/svg";
+const state = { info: null, analysis: null, position: 0, layer: 0, head: 0, controller: null, seq: 0 };
+
+async function api(path, body) {
+  const options = body === undefined ? {} : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+  const response = await fetch(path, options);
+  const value = await response.json();
+  if (!response.ok) throw new Error(value.error || response.statusText);
+  return value;
+}
+
+function svg(tag, attrs, parent) {
+  const el = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) el.setAttribute(k, v);
+  if (parent) parent.appendChild(el);
+  return el;
+}
+
+function shown(text) {  // a token as a reader should see it: whitespace made visible
+  return text.replace(/ /g, "\u2423").replace(/\n/g, "\u21b5");
+}
+
+function debounce(fn, ms) {
+  let timer = null;
+  return (...args) => { clearTimeout(timer); timer = setTimeout(() => fn(...args), ms); };
+}
+
+// prompt -> analysis -----------------------------------------------------------------------------
+
+async function analyze() {
+  const prompt = $("prompt").value;
+  if (!prompt) { $("tokens").replaceChildren(); return; }
+  const seq = ++state.seq;
+  const temperature = Math.max(0.05, Number($("temperature").value) || 1);
+  try {
+    const result = await api("/api/analyze", { prompt, top_k: Math.min(state.info.vocab_size, 20), temperature, layers: [state.layer] });
+    if (seq !== state.seq) return;  // a newer request is on its way
+    state.analysis = result;
+    state.position = Math.min(state.position, result.tokens.length - 1);
+    if (state.position < 0 || state.lastLength !== result.tokens.length) state.position = result.tokens.length - 1;
+    state.lastLength = result.tokens.length;
+    $("status").textContent = result.cropped ? `The prompt is longer than the context: its last ${state.info.n_ctx} tokens are shown.` : "";
+    drawAll();
+  } catch (error) {
+    $("status").textContent = error.message;
+  }
+}
+
+function drawAll() {
+  drawTokens();
+  drawCandidates();
+  drawAttention();
+  drawLens();
+}
+
+function drawTokens() {
+  const { tokens, positions } = state.analysis;
+  const chips = tokens.map((t, i) => {
+    const chip = document.createElement("span");
+    chip.className = "token" + (i === state.position ? " selected" : "");
+    chip.dataset.id = t.id;
+    chip.dataset.position = i;
+    chip.textContent = shown(t.text);
+    const p = i > 0 ? positions[i - 1].prob_of_next : null;  // how likely the model found this token
+    chip.title = `id ${t.id}` + (p === null ? "" : `, probability ${p.toFixed(4)}`);
+    const surprise = p === null ? 0 : 1 - p;
+    chip.style.background = `rgba(224, 83, 28, ${(0.8 * surprise).toFixed(3)})`;
+    chip.addEventListener("click", () => { state.position = i; drawAll(); });
+    return chip;
+  });
+  $("tokens").replaceChildren(...chips);
+  $("position").textContent = `${state.position} (${shown(tokens[state.position].text)})`;
+}
+
+function drawCandidates() {
+  const top = state.analysis.positions[state.position].top;
+  const k = Number($("top-k").value) || 0;
+  const p = Number($("top-p").value) || 1;
+  let total = 0;
+  const rows = top.map((c, rank) => {
+    const before = total;
+    total += c.prob;
+    const filtered = (k > 0 && rank >= k) || (p < 1 && before >= p);
+    const row = document.createElement("div");
+    row.className = "candidate" + (filtered ? " filtered" : "");
+    row.dataset.id = c.id;
+    row.dataset.prob = c.prob;
+    const label = document.createElement("span");
+    label.textContent = shown(c.text);
+    const bar = document.createElement("div");
+    bar.className = "bar";
+    bar.style.width = `${(100 * c.prob).toFixed(2)}%`;
+    const value = document.createElement("span");
+    value.textContent = c.prob.toFixed(3) + (filtered ? " (out)" : "");
+    row.append(label, bar, value);
+    return row;
+  });
+  $("candidates").replaceChildren(...rows);
+}
+
+function heatmap(target, weights, labels, big) {
+  const T = weights.length;
+  const cell = big ? Math.max(8, Math.min(28, Math.floor(440 / T))) : 80 / T;
+  const margin = big ? 70 : 0;
+  const size = margin + cell * T;
+  target.replaceChildren();
+  target.setAttribute("viewBox", `0 0 ${size + 4} ${size + 4}`);
+  if (big) {
+    const defs = svg("defs", {}, target);
+    const hatch = svg("pattern", { id: "future", width: 6, height: 6, patternUnits: "userSpaceOnUse", patternTransform: "rotate(45)" }, defs);
+    svg("rect", { width: 6, height: 6, fill: "#eee" }, hatch);
+    svg("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#bbb", "stroke-width": 3 }, hatch);
+  }
+  for (let q = 0; q < T; q++) {
+    for (let k = 0; k < T; k++) {
+      const w = weights[q][k];
+      const masked = k > q;
+      const fill = masked ? (big ? "url(#future)" : "#eee") : `rgb(${Math.round(255 - 200 * w)}, ${Math.round(255 - 150 * w)}, 255)`;
+      const rect = svg("rect", { x: margin + k * cell, y: margin + q * cell, width: cell, height: cell, fill, class: masked ? "masked" : "weight" }, target);
+      rect.dataset.weight = w;
+      if (big) {
+        const note = masked ? "masked (future)" : w.toFixed(4);
+        svg("title", {}, rect).textContent = `query ${q} ${shown(labels[q])} → key ${k} ${shown(labels[k])}: ${note}`;
+        rect.addEventListener("mouseenter", () => { $("weight").textContent = `query ${q} → key ${k}: ${note}`; });
+      }
+    }
+  }
+  if (big) {
+    labels.forEach((label, i) => {
+      svg("text", { x: margin - 4, y: margin + i * cell + cell * 0.7, "text-anchor": "end" }, target).textContent = shown(label).slice(0, 8);
+      svg("text", { x: margin + i * cell + cell * 0.7, y: margin - 4, transform: `rotate(-90 ${margin + i * cell + cell * 0.7} ${margin - 4})` }, target).textContent = shown(label).slice(0, 8);
+    });
+  }
+}
+
+function drawAttention() {
+  const layer = state.analysis.attention[state.layer];
+  if (!layer) return;  // the answer to an older layer choice: a new one is on its way
+  const labels = state.analysis.tokens.map((t) => t.text);
+  heatmap($("attention"), layer[state.head], labels, true);
+  const small = layer.map((weights, h) => {
+    const el = svg("svg", { class: h === state.head ? "selected" : "" });
+    svg("title", {}, el).textContent = `head ${h}`;
+    heatmap(el, weights, labels, false);
+    el.addEventListener("click", () => { $("head").value = h; state.head = h; drawAttention(); });
+    return el;
+  });
+  $("heads").replaceChildren(...small);
+}
+
+function drawLens() {
+  const { logit_lens: lens, token_texts: texts } = state.analysis;
+  const head = document.createElement("tr");
+  for (const name of ["after", "top predictions (probability)"]) {
+    const th = document.createElement("th");
+    th.textContent = name;
+    head.appendChild(th);
+  }
+  const rows = lens.map((layer, l) => {
+    const tr = document.createElement("tr");
+    const name = document.createElement("td");
+    name.textContent = l === 0 ? "embedding" : `block ${l - 1}`;
+    const top = document.createElement("td");
+    top.textContent = layer[state.position].map((c) => `${shown(texts[c.id])} ${c.prob.toFixed(2)}`).join("   ");
+    tr.append(name, top);
+    return tr;
+  });
+  $("lens").replaceChildren(head, ...rows);
+}
+
+// generation, streamed ---------------------------------------------------------------------------
+
+async function generate() {
+  const controller = new AbortController();
+  state.controller = controller;
+  $("generate").disabled = true;
+  $("stop").disabled = false;
+  $("generated").replaceChildren();
+  const t = Number($("temperature").value) || 0;
+  const body = {
+    prompt: $("prompt").value,
+    max_new_tokens: Number($("max-new-tokens").value) || 20,
+    temperature: t < 0.05 ? 0 : t,
+    top_k: Number($("top-k").value) || null,
+    top_p: Number($("top-p").value) < 1 ? Number($("top-p").value) : null,
+    seed: Math.floor(Math.random() * 1e9),
+  };
+  try {
+    const response = await fetch("/api/generate/stream", { method: "POST", body: JSON.stringify(body), signal: controller.signal });
+    if (!response.ok) throw new Error((await response.json()).error);
+    const reader = response.body.getReader();
+    const decoder = new TextDecoder();
+    let pending = "";
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      pending += decoder.decode(value, { stream: true });
+      const lines = pending.split("\n");
+      pending = lines.pop();
+      for (const line of lines.filter(Boolean)) {
+        const token = JSON.parse(line);
+        const span = document.createElement("span");
+        span.className = "gen-token";
+        span.dataset.id = token.id;
+        span.textContent = token.text;
+        $("generated").appendChild(span);
+        $("prompt").value += token.text;
+      }
+    }
+  } catch (error) {
+    if (error.name !== "AbortError") $("status").textContent = error.message;
+  } finally {
+    $("generate").disabled = false;
+    $("stop").disabled = true;
+    state.controller = null;
+    analyze();
+  }
+}
+
+// the training log -------------------------------------------------------------------------------
+
+async function drawLog() {
+  const rows = await api("/api/log");
+  if (!rows.length) return;
+  $("training-view").hidden = false;
+  const chart = $("loss-chart");
+  chart.replaceChildren();
+  const width = 800, height = 240, pad = 40;
+  chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
+  const steps = rows.map((r) => r.step), losses = rows.flatMap((r) => [r.train_loss, r.val_loss]).filter((v) => v !== null);
+  const x = (s) => pad + (width - 2 * pad) * (s - Math.min(...steps)) / Math.max(1, Math.max(...steps) - Math.min(...steps));
+  const lo = Math.min(...losses), hi = Math.max(...losses);
+  const y = (v) => height - pad - (height - 2 * pad) * (v - lo) / Math.max(1e-9, hi - lo);
+  const series = [["train_loss", "#4a78c2", (r) => r.val_loss === null], ["train_loss", "#1b3f85", (r) => r.val_loss !== null], ["val_loss", "#e0531c", (r) => r.val_loss !== null]];
+  for (const [key, colour, keep] of series) {
+    const points = rows.filter(keep).map((r) => `${x(r.step).toFixed(1)},${y(r[key]).toFixed(1)}`);
+    if (points.length) svg("polyline", { points: points.join(" "), fill: "none", stroke: colour, "stroke-width": 2 }, chart);
+  }
+  svg("text", { x: pad, y: 14 }, chart).textContent = `loss ${lo.toFixed(3)} – ${hi.toFixed(3)}; blue: training, red: validation`;
+  svg("text", { x: width - pad, y: height - 8, "text-anchor": "end" }, chart).textContent = `step ${Math.max(...steps)}`;
+}
+
+// start ------------------------------------------------------------------------------------------
+
+async function start() {
+  state.info = await api("/api/model");
+  const i = state.info;
+  $("model-info").textContent = `${i.n_layer} layers, ${i.n_head} heads, ${i.n_embd} channels, ${i.vocab_size} tokens (${i.tokenizer}), context ${i.n_ctx}`;
+  const options = (n, name) => Array.from({ length: n }, (_, k) => { const o = document.createElement("option"); o.value = k; o.textContent = `${name} ${k}`; return o; });
+  $("layer").replaceChildren(...options(i.n_layer, "layer"));
+  $("head").replaceChildren(...options(i.n_head, "head"));
+  $("layer").addEventListener("change", () => { state.layer = Number($("layer").value); analyze(); });
+  $("head").addEventListener("change", () => { state.head = Number($("head").value); drawAttention(); });
+  $("prompt").addEventListener("input", debounce(analyze, 250));
+  $("temperature").addEventListener("input", debounce(analyze, 150));
+  $("top-k").addEventListener("input", () => state.analysis && drawCandidates());
+  $("top-p").addEventListener("input", () => state.analysis && drawCandidates());
+  $("generate").addEventListener("click", generate);
+  $("stop").addEventListener("click", () => state.controller && state.controller.abort());
+  drawLog();
+  setInterval(drawLog, 5000);
+}
+
+start();

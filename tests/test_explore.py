@@ -1,0 +1,201 @@
+"""explore: the JSON API against the model's own functions, its errors, static files, concurrency, and
+the command line. The page itself is tested in a real browser in test_explore_page.py."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from support import assert_one_line_error, run_cli
+
+from simple_llm import GPT, CharTokenizer, GPTConfig
+from simple_llm.explore import Explorer, serve
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    path = tmp_path_factory.mktemp("model")
+    tok = CharTokenizer.train("Hello world! abcdefgh")
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_ctx=24, n_embd=16, n_head=2, n_layer=2), seed=2)
+    model.params.flat[...] += np.random.default_rng(0).standard_normal(model.n_params).astype(np.float32) * 0.4
+    model.save_pretrained(path)
+    tok.save(path)
+    (path / "log.csv").write_text("step,lr,train_loss,val_loss,tokens_per_s\n0,0.001,3.2,3.3,0\n10,0.001,2.5,,100\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(model_dir):
+    """(host, port) of an explorer serving model_dir in this process."""
+    model, tok = GPT.from_pretrained(model_dir), CharTokenizer.load(model_dir)
+    httpd = serve(Explorer(model, tok, model_dir), "127.0.0.1", 0)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield httpd.server_address[:2]
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def request(server, method, path, body=None, raw=None):
+    conn = http.client.HTTPConnection(*server, timeout=30)
+    data = raw if raw is not None else (None if body is None else json.dumps(body).encode())
+    conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
+    response = conn.getresponse()
+    payload = response.read()
+    conn.close()
+    kind = response.getheader("Content-Type", "")
+    return response.status, (json.loads(payload) if kind.startswith("application/json") else payload)
+
+
+def softmax(z):
+    e = np.exp(z - z.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def test_model_route(server, model_dir):
+    status, info = request(server, "GET", "/api/model")
+    assert status == 200
+    assert info == {"n_layer": 2, "n_head": 2, "n_embd": 16, "vocab_size": 15, "n_ctx": 24, "tokenizer": "char"}
+
+
+def test_analyze_is_the_models_own_computation(server, model_dir):
+    model, tok = GPT.from_pretrained(model_dir), CharTokenizer.load(model_dir)
+    prompt = "Hello wor"
+    status, out = request(server, "POST", "/api/analyze", {"prompt": prompt, "top_k": 4, "temperature": 0.5})
+    assert status == 200
+    ids = tok.encode(prompt)
+    assert [t["id"] for t in out["tokens"]] == ids and "".join(t["text"] for t in out["tokens"]) == prompt
+    logits = model.forward(np.array([ids]))[0].astype(np.float64)
+    p1, p_half = softmax(logits), softmax(logits / 0.5)
+    for t, pos in enumerate(out["positions"]):
+        want = np.argsort(-p_half[t], kind="stable")[:4]
+        assert [c["id"] for c in pos["top"]] == want.tolist()
+        np.testing.assert_allclose([c["prob"] for c in pos["top"]], p_half[t, want], rtol=1e-5)
+        if t + 1 < len(ids):
+            assert pos["prob_of_next"] == pytest.approx(p1[t, ids[t + 1]], rel=1e-5)  # at temperature 1
+        else:
+            assert pos["prob_of_next"] is None
+    trace = dict(model.trace(np.array([ids])))
+    for layer in range(2):
+        att = np.array(out["attention"][layer])
+        assert att.shape == (2, len(ids), len(ids))
+        np.testing.assert_allclose(att, trace[f"h.{layer}.attn.softmax"][0], rtol=1e-6, atol=1e-7)
+    lens = out["logit_lens"]
+    assert len(lens) == 3 and all(len(layer) == len(ids) for layer in lens)
+    last = [[c["id"] for c in position] for position in lens[-1]]
+    assert last == np.argsort(-p1, axis=1, kind="stable")[:, :5].tolist()  # the last layer's lens: the logits
+    assert lens[0] != lens[-1]
+    assert {str(c["id"]) for layer in lens for position in layer for c in position} == set(out["token_texts"])
+
+
+def test_analyze_returns_only_the_layers_asked_for(server):
+    _, out = request(server, "POST", "/api/analyze", {"prompt": "abc", "layers": [1]})
+    assert out["attention"][0] is None and len(out["attention"][1]) == 2
+
+
+def test_generate_is_greedy_generation(server, model_dir):
+    model, tok = GPT.from_pretrained(model_dir), CharTokenizer.load(model_dir)
+    status, out = request(server, "POST", "/api/generate", {"prompt": "Hello", "max_new_tokens": 7})
+    assert status == 200
+    expected = model.generate(np.array([tok.encode("Hello")]), 7)[0, 5:].tolist()
+    assert [t["id"] for t in out["tokens"]] == expected and out["text"] == tok.decode(expected)
+    _, streamed = request(server, "POST", "/api/generate/stream", {"prompt": "Hello", "max_new_tokens": 7})
+    assert [json.loads(line)["id"] for line in streamed.decode().splitlines()] == expected
+    _, sampled = request(
+        server, "POST", "/api/generate", {"prompt": "Hello", "max_new_tokens": 7, "temperature": 1.5, "seed": 4}
+    )
+    _, again = request(
+        server, "POST", "/api/generate", {"prompt": "Hello", "max_new_tokens": 7, "temperature": 1.5, "seed": 4}
+    )
+    assert sampled == again
+
+
+@pytest.mark.parametrize(
+    "path, body, status, fragment",
+    [
+        ("/api/analyze", b"{not json", 400, "not JSON"),
+        ("/api/analyze", b"[1, 2]", 400, "JSON object"),
+        ("/api/analyze", b"{}", 400, "prompt is missing"),
+        ("/api/analyze", b'{"prompt": 5}', 400, "prompt must be a string"),
+        ("/api/analyze", b'{"prompt": ""}', 400, "no tokens"),
+        ("/api/analyze", b'{"prompt": "zzz"}', 400, "not in this tokenizer"),
+        ("/api/analyze", b'{"prompt": "abc", "top_k": 0}', 400, "top_k must be"),
+        ("/api/analyze", b'{"prompt": "abc", "top_k": true}', 400, "top_k must be"),
+        ("/api/analyze", b'{"prompt": "abc", "temperature": -1}', 400, "temperature must be"),
+        ("/api/analyze", b'{"prompt": "abc", "layers": [9]}', 400, "layers must be"),
+        ("/api/generate", b'{"prompt": "abc", "max_new_tokens": 0}', 400, "max_new_tokens must be"),
+        ("/api/generate", b'{"prompt": "abc", "top_p": 2}', 400, "top_p must be"),
+        ("/api/nothing", b"{}", 404, "no such route"),
+        ("/api/analyze", b'{"prompt": "' + b"a" * (1 << 20) + b'"}', 413, "over"),
+    ],
+)
+def test_bad_requests_are_one_line_errors(server, path, body, status, fragment):
+    got, out = request(server, "POST", path, raw=body)
+    assert got == status and fragment in out["error"] and "\n" not in out["error"]
+
+
+def test_a_prompt_longer_than_the_context_is_cropped_and_says_so(server):
+    _, out = request(server, "POST", "/api/analyze", {"prompt": "abcdefgh" * 4})
+    assert out["cropped"] is True and len(out["tokens"]) == 24
+
+
+def test_static_files_come_only_from_the_package(server):
+    assert request(server, "GET", "/")[0] == 200
+    assert request(server, "GET", "/app.js")[0] == 200
+    for path in ("/../explore.py", "/..%2Fexplore.py", "/explorer/../../model.py", "/api/missing", "/nothing.js"):
+        assert request(server, "GET", path)[0] == 404, path
+
+
+def test_the_training_log(server):
+    _, rows = request(server, "GET", "/api/log")
+    assert rows == [
+        {"step": 0.0, "lr": 0.001, "train_loss": 3.2, "val_loss": 3.3, "tokens_per_s": 0.0},
+        {"step": 10.0, "lr": 0.001, "train_loss": 2.5, "val_loss": None, "tokens_per_s": 100.0},
+    ]
+
+
+def test_concurrent_requests_give_what_they_give_alone(server):
+    bodies = [
+        {"prompt": p, "max_new_tokens": 12, "temperature": 1.0, "seed": i}
+        for i, p in enumerate(["Hel", "abc", "wor", "dd"] * 2)
+    ]
+    alone = [request(server, "POST", "/api/generate", b)[1] for b in bodies]
+    analysis = request(server, "POST", "/api/analyze", {"prompt": "Hello"})[1]
+    with ThreadPoolExecutor(6) as pool:
+        together = list(pool.map(lambda b: request(server, "POST", "/api/generate", b)[1], bodies))
+        analyses = list(pool.map(lambda _: request(server, "POST", "/api/analyze", {"prompt": "Hello"})[1], range(4)))
+    assert together == alone and all(a == analysis for a in analyses)
+
+
+def test_a_long_generation_does_not_block_the_model_route(server):
+    conn = http.client.HTTPConnection(*server, timeout=30)
+    conn.request("POST", "/api/generate/stream", body=json.dumps({"prompt": "a", "max_new_tokens": 5000}))
+    response = conn.getresponse()
+    response.readline()  # the generation is running
+    assert request(server, "GET", "/api/model")[0] == 200
+    conn.close()  # Stop: the server notices on its next write
+
+
+def test_the_command_prints_where_it_serves_and_refuses_bad_input(model_dir, tmp_path):
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simple_llm", "explore", "--model", str(model_dir), "--port", "0", "--no-browser"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving http://127.0.0.1:"), line
+        host, port = line.split("//")[1].strip().split(":")
+        assert request((host, int(port)), "GET", "/api/model")[0] == 200
+    finally:
+        proc.send_signal(2)  # Ctrl-C
+        proc.wait(timeout=30)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr.read()
+    assert_one_line_error(run_cli("explore", "--model", tmp_path / "none"), "simple_llm explore: error:")
+    assert_one_line_error(run_cli("explore", "--model", model_dir, "--port", "70000"), "not a port number")
