@@ -27,7 +27,7 @@ def test_python_blocks_run(path, tmp_path, monkeypatch):
 
 def test_docs_name_only_real_files_and_commands():
     """Paths like `simple_llm/model.py` and commands like `python -m simple_llm train` exist."""
-    commands = {"train", "generate", "chat", "eval", "inspect", "bench", "en", "ja"}
+    commands = {"train", "generate", "chat", "eval", "explore", "inspect", "bench", "en", "ja"}
     for path in DOCS:
         text = path.read_text(encoding="utf-8")
         for ref in re.findall(r"`((?:simple_llm|src|tests|docs|benchmarks|data)/[\w./]+\.(?:pyx|py|md|txt))\b", text):

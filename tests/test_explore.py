@@ -199,3 +199,33 @@ def test_the_command_prints_where_it_serves_and_refuses_bad_input(model_dir, tmp
     assert proc.returncode == 0 and "Traceback" not in proc.stderr.read()
     assert_one_line_error(run_cli("explore", "--model", tmp_path / "none"), "simple_llm explore: error:")
     assert_one_line_error(run_cli("explore", "--model", model_dir, "--port", "70000"), "not a port number")
+
+
+def test_analyze_matches_transformers(tmp_path):
+    """Attention weights (output_attentions), logits, and the lens from transformers' hidden states."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(0)
+    config = transformers.GPT2Config(vocab_size=20, n_positions=16, n_embd=16, n_head=2, n_layer=2)
+    ref = transformers.GPT2LMHeadModel(config).eval()
+    ref.save_pretrained(tmp_path)
+    tok = CharTokenizer.train("abcdefghijklmnopqrst")
+    tok.save(tmp_path)
+    explorer = Explorer(GPT.from_pretrained(tmp_path, dtype=np.float64), tok, tmp_path)
+    prompt = "abcabcdab"
+    out = explorer.analyze({"prompt": prompt, "top_k": 5})
+    with torch.no_grad():  # eager attention: the fused kernel returns no weights
+        ref64 = transformers.GPT2LMHeadModel.from_pretrained(tmp_path, attn_implementation="eager").to(torch.float64)
+        result = ref64(torch.tensor([tok.encode(prompt)]), output_attentions=True, output_hidden_states=True)
+    for layer in range(2):
+        np.testing.assert_allclose(out["attention"][layer], result.attentions[layer][0].numpy(), atol=1e-10)
+    with torch.no_grad():
+        lens_logits = [ref64.lm_head(ref64.transformer.ln_f(h)) for h in result.hidden_states[:-1]] + [result.logits]
+    for got, logits in zip(out["logit_lens"], lens_logits):
+        p = softmax(logits[0].numpy())
+        for position, probs in zip(got, p):
+            top = np.argsort(-probs, kind="stable")[:5]
+            assert [c["id"] for c in position] == top.tolist()
+            np.testing.assert_allclose([c["prob"] for c in position], probs[top], rtol=1e-9)
+    p = softmax(result.logits[0].numpy())
+    np.testing.assert_allclose([c["prob"] for c in out["positions"][-1]["top"]], np.sort(p[-1])[::-1][:5], rtol=1e-9)
