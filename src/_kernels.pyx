@@ -62,6 +62,64 @@ cdef inline floating _exp(floating x) noexcept nogil:
         return exp(x)  # float64 keeps libm's exp: exactness against a float64 reference matters more
 
 
+# Sums and maxima over a row in LANES interleaved partial results: the order of the additions is
+# written out (x[0] + x[8] + ..., x[1] + x[9] + ..., then the lanes), so the compiler may turn the
+# lanes into vector registers without being allowed to reorder float sums in general.
+cdef enum:
+    LANES = 8
+
+
+cdef inline floating _row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
+    cdef floating acc[LANES]
+    cdef Py_ssize_t j, k, blk, whole = n - n % LANES
+    cdef floating total = 0
+    for k in range(LANES):
+        acc[k] = 0
+    for blk in range(whole // LANES):
+        j = blk * LANES
+        for k in range(LANES):
+            acc[k] = acc[k] + x[j + k]
+    for k in range(LANES):
+        total = total + acc[k]
+    for j in range(whole, n):
+        total = total + x[j]
+    return total
+
+
+cdef inline floating _row_max(const floating* x, Py_ssize_t n) noexcept nogil:
+    cdef floating acc[LANES]
+    cdef Py_ssize_t j, k, blk, whole = n - n % LANES
+    cdef floating m = -INFINITY
+    for k in range(LANES):
+        acc[k] = -INFINITY
+    for blk in range(whole // LANES):
+        j = blk * LANES
+        for k in range(LANES):
+            acc[k] = x[j + k] if x[j + k] > acc[k] else acc[k]
+    for k in range(LANES):
+        m = acc[k] if acc[k] > m else m
+    for j in range(whole, n):
+        m = x[j] if x[j] > m else m
+    return m
+
+
+cdef inline floating _row_dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
+    cdef floating acc[LANES]
+    cdef Py_ssize_t j, k, blk, whole = n - n % LANES
+    cdef floating total = 0
+    for k in range(LANES):
+        acc[k] = 0
+    for blk in range(whole // LANES):
+        j = blk * LANES
+        for k in range(LANES):
+            acc[k] = acc[k] + a[j + k] * b[j + k]
+    for k in range(LANES):
+        total = total + acc[k]
+    for j in range(whole, n):
+        total = total + a[j] * b[j]
+    return total
+
+
 cdef inline floating _sqrt(floating x) noexcept nogil:
     if floating is float:
         return sqrtf(x)
@@ -115,17 +173,13 @@ cdef inline void _layernorm_row(floating* out, floating* mean, floating* rstd, c
                                 const floating* w, const floating* bias, Py_ssize_t C,
                                 double eps) noexcept nogil:
     cdef Py_ssize_t c
-    cdef floating m = 0, var = 0, d, s
+    cdef floating m = _row_sum(x, C) / C, var, s
     for c in range(C):
-        m = m + x[c]
-    m = m / C
-    for c in range(C):
-        d = x[c] - m
-        var = var + d * d
-    var = var / C  # biased variance, as torch.nn.LayerNorm
+        out[c] = x[c] - m  # out holds the deviations for a moment
+    var = _row_dot(out, out, C) / C  # biased variance, as torch.nn.LayerNorm
     s = 1 / _sqrt(<floating>(var + eps))
     for c in range(C):
-        out[c] = (x[c] - m) * s * w[c] + bias[c]
+        out[c] = out[c] * s * w[c] + bias[c]
     mean[0] = m
     rstd[0] = s
 
@@ -222,13 +276,10 @@ def layernorm_backward(floating[:, ::1] dinp, floating[::1] dweight, floating[::
 
 cdef inline void _softmax_row(floating* p, const floating* x, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t j
-    cdef floating m = -INFINITY, total = 0
-    for j in range(n):
-        m = x[j] if x[j] > m else m
+    cdef floating m = _row_max(x, n)
     for j in range(n):
         p[j] = _exp(x[j] - m)
-        total = total + p[j]
-    total = 1 / total
+    cdef floating total = 1 / _row_sum(p, n)
     for j in range(n):
         p[j] = p[j] * total
 
@@ -250,14 +301,10 @@ def softmax_forward(floating[:, ::1] probs, const floating[:, ::1] logits):
 cdef void _causal_softmax_row(floating* row, Py_ssize_t n, Py_ssize_t T, floating scale) noexcept nogil:
     # row[:n] = softmax(scale * row[:n]); row[n:T] = 0, the keys after the query
     cdef Py_ssize_t j
-    cdef floating m = -INFINITY, total = 0
-    for j in range(n):
-        m = row[j] if row[j] > m else m
-    m = m * scale  # scale > 0, so the largest scaled score is the scaled largest
+    cdef floating m = _row_max(row, n) * scale  # scale > 0, so the largest scaled score is the scaled largest
     for j in range(n):
         row[j] = _exp(row[j] * scale - m)
-        total = total + row[j]
-    total = 1 / total
+    cdef floating total = 1 / _row_sum(row, n)
     for j in range(n):
         row[j] = row[j] * total
     for j in range(n, T):
@@ -280,9 +327,7 @@ def attention_softmax_forward(floating[:, :, :, ::1] att, double scale):
 
 cdef void _softmax_backward_row(floating* d, const floating* p, Py_ssize_t T, floating scale) noexcept nogil:
     cdef Py_ssize_t j
-    cdef floating dot = 0
-    for j in range(T):
-        dot = dot + p[j] * d[j]
+    cdef floating dot = _row_dot(p, d, T)
     for j in range(T):
         d[j] = scale * p[j] * (d[j] - dot)
 
@@ -361,11 +406,18 @@ def gelu_backward(floating[::1] dinp, const floating[::1] inp, const floating[::
 # cross-entropy over the softmax of the logits: the loss and the output layer's gradient
 
 cdef inline floating _logsumexp_row(const floating* x, Py_ssize_t n) noexcept nogil:
-    cdef Py_ssize_t j
-    cdef floating m = -INFINITY, total = 0
-    for j in range(n):
-        m = x[j] if x[j] > m else m
-    for j in range(n):
+    cdef floating acc[LANES]
+    cdef Py_ssize_t j, k, blk, whole = n - n % LANES
+    cdef floating m = _row_max(x, n), total = 0
+    for k in range(LANES):
+        acc[k] = 0
+    for blk in range(whole // LANES):  # _row_sum's lanes, over exp(x - m) without storing it
+        j = blk * LANES
+        for k in range(LANES):
+            acc[k] = acc[k] + _exp(x[j + k] - m)
+    for k in range(LANES):
+        total = total + acc[k]
+    for j in range(whole, n):
         total = total + _exp(x[j] - m)
     return m + <floating>log(total)
 
