@@ -107,3 +107,11 @@ def test_without_matplotlib_says_how_to_install_it(model_dir, tmp_path):
 )
 def test_bad_inspect_arguments(model_dir, args, fragment):
     assert_one_line_error(run_cli("inspect", "--model", model_dir, *args), "simple_llm inspect: error:", fragment)
+
+
+def test_each_picture_says_how_to_read_it(model_dir, tmp_path):
+    pytest.importorskip("matplotlib")
+    proc = run_cli("inspect", "--model", model_dir, "--prompt", "Hello", "--out", tmp_path / "a.png")
+    assert "rows are queries" in proc.stdout and "grey cells are future positions, masked out" in proc.stdout
+    proc = run_cli("inspect", "--model", model_dir, "--embeddings", "--out", tmp_path / "e.png")
+    assert "two directions of largest spread" in proc.stdout and "labelled" in proc.stdout
