@@ -18,8 +18,6 @@ its own key/value cache (GPT.stream), so a long generation blocks nothing.
 from __future__ import annotations
 
 import argparse
-import csv
-import io
 import json
 import math
 import sys
@@ -32,9 +30,11 @@ from typing import Any
 
 import numpy as np
 
+from . import kernels as K
 from .cli_args import CLIError, Parser, nonnegative_int
 from .model import GPT
 from .modeldir import load_model
+from .run_files import LOG_FILE, read_log
 from .tokenizers import Tokenizer
 
 PAGE_DIR = Path(__file__).resolve().parent / "explorer"
@@ -111,12 +111,13 @@ class Explorer:
                 }
             )
         attention = [steps[f"h.{l}.attn.softmax"][0].tolist() if l in layers else None for l in range(L)]
-        lens = [
+        streams = [steps["wte[idx] + wpe"]] + [steps[f"h.{l}.x + mlp.c_proj"] for l in range(L)]
+        lens = [  # one layer at a time: GPT-2's (n_layer + 1, T, V) logits would be gigabytes together
             [
                 [{"id": int(i), "prob": float(p[i])} for i in np.argsort(-p, kind="stable")[:LENS_TOP]]
-                for p in _softmax(z)
+                for p in _softmax(self.model.read_off(x)[0])
             ]
-            for z in self.model.logit_lens(np.array([ids]))
+            for x in streams
         ]
         lens_ids = {int(c["id"]) for layer in lens for position in layer for c in position}
         return {
@@ -145,19 +146,17 @@ class Explorer:
         return {"tokens": [self.token(t) for t in tokens], "text": self.tok.decode(tokens)}
 
     def log(self) -> list[dict]:
-        path = self.directory / "log.csv"
-        if not path.exists():
-            return []
         try:
-            rows = list(csv.DictReader(io.StringIO(path.read_text(encoding="utf-8"))))
-            return [{k: (float(v) if v not in ("", None) else None) for k, v in row.items()} for row in rows]
-        except (OSError, UnicodeDecodeError, csv.Error, ValueError):
+            return read_log(self.directory / LOG_FILE, math.inf)
+        except CLIError:
             return []  # a run still writing it, or a damaged file: no chart rather than an error
 
 
 def _softmax(z: np.ndarray) -> np.ndarray:
-    e = np.exp(z - z.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
+    """Row softmax (T, V) in float64, through the same kernel as sampling."""
+    p = np.array(z, dtype=np.float64)
+    K.softmax_forward(p, p)
+    return p
 
 
 class Handler(BaseHTTPRequestHandler):

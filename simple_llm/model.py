@@ -433,18 +433,15 @@ class GPT:
         self.head.forward(logits, a, a.resid[-1])
         return [(name, np.array(t)) for name, t in trace_steps(a, logits)]
 
-    def logit_lens(self, idx: ArrayLike) -> Iterator[np.ndarray]:
-        """The logit lens: logits (T, V) of the first row of idx that ln_f and the tied output layer
-        read off the residual stream after the embedding, then after each block (n_layer + 1 in
-        all, one at a time: GPT-2's would be gigabytes together)."""
-        idx = self._check_idx(idx)[:1]
-        T = idx.shape[1]
-        a = Activations(self.config, 1, T, self.dtype, per_layer=True)
-        self._blocks(a, idx)
-        for resid in a.resid:
-            logits = np.empty((1, T, self.config.vocab_size), self.dtype)
-            self.head.forward(logits, a, resid)
-            yield logits[0]
+    def read_off(self, x: np.ndarray) -> np.ndarray:
+        """Logits (B, T, V) that ln_f and the tied output layer give for a residual stream x
+        (B, T, C): applied to the stream after the embedding or after any block (trace's steps), this
+        is the logit lens; after the last block, the model's own logits."""
+        B, T = x.shape[:2]
+        a = Activations(self.config, B, T, self.dtype, per_layer=False)
+        logits = np.empty((B, T, self.config.vocab_size), self.dtype)
+        self.head.forward(logits, a, np.ascontiguousarray(x, self.dtype))
+        return logits
 
     # generation ------------------------------------------------------------------------------
 

@@ -89,7 +89,7 @@ def load_state(directory: Path, model: GPT, opt: AdamW, rng: np.random.Generator
     return run
 
 
-def read_log(path: Path, last_step: int) -> list[dict]:
+def read_log(path: Path, last_step: float) -> list[dict]:
     """The rows of log.csv up to last_step (none if there is no file); a damaged file is a CLIError."""
     if not path.exists():
         return []
