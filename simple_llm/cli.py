@@ -48,7 +48,7 @@ def fallback_note() -> str | None:
     """One line for a user who gets the slow NumPy kernels without asking for them, or None."""
     from . import kernels
 
-    if kernels.BACKEND == "cython" or os.environ.get("SIMPLE_LLM_PURE_PYTHON", "").strip() not in ("", "0"):
+    if kernels.BACKEND == "cython" or kernels.FORCED_FALLBACK:
         return None
     tree = Path(kernels.__file__).resolve().parent.parent
     if (tree / "src" / "_kernels.pyx").exists():

@@ -26,8 +26,11 @@ def _env_flag(name: str) -> bool:
     return os.environ.get(name, "").strip() not in ("", "0")
 
 
+FORCED_FALLBACK = _env_flag("SIMPLE_LLM_PURE_PYTHON")  # the user asked for the NumPy kernels
+
+
 def _choose() -> ModuleType:
-    if _env_flag("SIMPLE_LLM_PURE_PYTHON"):
+    if FORCED_FALLBACK:
         return fallback
     try:
         from . import _kernels  # type: ignore[attr-defined]

@@ -143,13 +143,13 @@ def test_an_unbuilt_source_tree_says_that_the_fallback_runs(tmp_path, monkeypatc
     (tmp_path / "src" / "_kernels.pyx").write_text("# the kernels' source\n")
     monkeypatch.setattr(kernels, "BACKEND", "numpy")
     monkeypatch.setattr(kernels, "__file__", str(tmp_path / "simple_llm" / "kernels.py"))
-    monkeypatch.delenv("SIMPLE_LLM_PURE_PYTHON", raising=False)
+    monkeypatch.setattr(kernels, "FORCED_FALLBACK", False)
     note = cli.fallback_note()
     assert note is not None and "slow NumPy kernels" in note and str(tmp_path) in note and "pip install -e ." in note
-    monkeypatch.setenv("SIMPLE_LLM_PURE_PYTHON", "1")
+    monkeypatch.setattr(kernels, "FORCED_FALLBACK", True)  # SIMPLE_LLM_PURE_PYTHON=1 at import
     assert cli.fallback_note() is None
     monkeypatch.setattr(kernels, "BACKEND", "cython")
-    monkeypatch.delenv("SIMPLE_LLM_PURE_PYTHON")
+    monkeypatch.setattr(kernels, "FORCED_FALLBACK", False)
     assert cli.fallback_note() is None
 
 
