@@ -1,4 +1,4 @@
-"""Builds the compiled kernels: src/_kernels.pyx -> simple_llm._kernels.
+"""Builds the compiled kernels: src/_kernels.pyx (with src/_floatmath.pxd) -> simple_llm._kernels.
 
 Everything else about the package is declared in pyproject.toml. The kernels use no OpenMP: each runs
 on its caller's thread, and the model runs one thread per core over shards of the batch
@@ -35,6 +35,6 @@ extension = Extension(
 )
 
 setup(
-    ext_modules=cythonize([extension], language_level=3),
+    ext_modules=cythonize([extension], language_level=3, include_path=["src"]),
     cmdclass={"build_ext": BuildExt},
 )

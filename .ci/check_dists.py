@@ -14,6 +14,7 @@ with tarfile.open(next(dist.glob("*.tar.gz"))) as sdist:
     names = {n.split("/", 1)[1] for n in sdist.getnames() if "/" in n}
 for need in (
     "src/_kernels.pyx",
+    "src/_floatmath.pxd",
     "setup.py",
     "pyproject.toml",
     "MANIFEST.in",

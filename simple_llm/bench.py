@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from . import fallback, kernels
-from .cli_args import Parser, positive_int
+from .cli_args import Parser, command_parser, positive_int
 from .config import GPTConfig
 from .model import GPT
 from .optim import AdamW
@@ -264,7 +264,7 @@ def have(module: str) -> bool:
 
 
 def parser(name: str) -> Parser:
-    p = Parser(prog=f"simple_llm {name}", description=__doc__.split("\n\n")[1].replace("\n", " "))
+    p = command_parser(name, __doc__)
     p.add_argument("--config", action="append", choices=list(CONFIGS), help="only this configuration (repeatable)")
     p.add_argument("--steps", type=positive_int, default=5, help="timed training steps per contender and round")
     p.add_argument("--rounds", type=positive_int, default=3, help="rounds of the contenders in turn (default 3)")

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .config import GPTConfig
-from .fileio import atomic_write_text, write_safetensors
+from .fileio import atomic_write_text, read_json_object, write_safetensors
 from .params import Parameters
 
 CONFIG_FILE = "config.json"
@@ -40,16 +40,10 @@ def read_config(directory: str | os.PathLike) -> GPTConfig:
 
 
 def _config_json(directory: str | os.PathLike) -> dict[str, Any]:
-    path = Path(directory) / CONFIG_FILE
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise CheckpointError(f"{path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path} is not a readable JSON file: {exc}") from None
-    if not isinstance(raw, dict):
-        raise CheckpointError(f"{path} is not a GPT-2 config (not a JSON object)")
-    return raw
+        return read_json_object(Path(directory) / CONFIG_FILE, "GPT-2 config")
+    except ValueError as exc:
+        raise CheckpointError(str(exc)) from None
 
 
 def _config(raw: dict[str, Any], path: Path) -> GPTConfig:

@@ -21,6 +21,11 @@ class Parser(argparse.ArgumentParser):
         raise CLIError(message)
 
 
+def command_parser(name: str, doc: str, paragraph: int = 1, **kwargs: Any) -> Parser:
+    """The parser of ``simple_llm NAME``, described by one paragraph of its module's docstring."""
+    return Parser(prog=f"simple_llm {name}", description=doc.split("\n\n")[paragraph].replace("\n", " "), **kwargs)
+
+
 def _argument_type(parse: Callable[[str], Any], ok: Callable[[Any], bool], must: str) -> Callable[[str], Any]:
     """An argparse type: parse the text, and say in one line what it must be when it is not."""
 

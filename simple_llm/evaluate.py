@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from .cli_args import CLIError, Parser, positive_int
+from .cli_args import CLIError, Parser, command_parser, positive_int
 from .fileio import read_text_file
 from .model import GPT
 from .modeldir import load_model
@@ -54,7 +54,7 @@ def loss_sum(model: GPT, tokens: np.ndarray, block: int, batch: int, progress=No
 
 
 def parser(name: str) -> Parser:
-    p = Parser(prog=f"simple_llm {name}", description=__doc__.split("\n\n")[1].replace("\n", " "))
+    p = command_parser(name, __doc__)
     p.add_argument("--model", required=True, metavar="DIR", help="a model directory")
     p.add_argument("--data", required=True, metavar="FILE", help="the UTF-8 text to score")
     p.add_argument("--block-size", type=positive_int, help="tokens each window predicts (default: the model's n_ctx)")

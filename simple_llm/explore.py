@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from . import kernels as K
-from .cli_args import CLIError, Parser, nonnegative_int
+from .cli_args import CLIError, Parser, command_parser, nonnegative_int
 from .model import GPT
 from .modeldir import load_model
 from .run_files import LOG_FILE, read_log
@@ -253,7 +253,7 @@ def serve(explorer: Explorer, host: str, port: int) -> ThreadingHTTPServer:
 
 
 def parser(name: str) -> Parser:
-    p = Parser(prog=f"simple_llm {name}", description=__doc__.split("\n\n")[1].replace("\n", " "))
+    p = command_parser(name, __doc__)
     p.add_argument("--model", required=True, metavar="DIR", help="a model directory")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=nonnegative_int, default=8000, help="0 picks a free port (default 8000)")

@@ -6,11 +6,13 @@ new one.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 
 @contextmanager
@@ -77,3 +79,17 @@ def read_text_file(path: str | os.PathLike, what: str = "file") -> str:
     if not text.strip():
         raise ValueError(f"{what} {path} is empty")
     return text.removeprefix("\ufeff")  # a byte-order mark is not part of the text
+
+
+def read_json_object(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The JSON object in a UTF-8 file, or a ValueError that says in one line why it is not one."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{what} {path} does not exist") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{what} {path} is damaged: {exc}") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{what} {path} is damaged: not a JSON object")
+    return value

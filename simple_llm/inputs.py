@@ -6,7 +6,7 @@ import numpy as np
 from numpy.typing import ArrayLike
 
 
-def token_ids(idx: ArrayLike, vocab_size: int, n_ctx: int | None, name: str = "idx") -> np.ndarray:
+def token_ids(idx: ArrayLike, vocab_size: int, n_ctx: int | None = None, name: str = "idx") -> np.ndarray:
     """idx as a C-contiguous int64 array (B, T) of ids in [0, vocab_size) (targets: or -1, not
     scored), at most n_ctx positions long unless n_ctx is None."""
     idx = np.asarray(idx)

@@ -297,13 +297,6 @@ class GPT:
         """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads."""
         return checkpoint.save(self.config, self.params, path, eos_token_id)
 
-    def _check_idx(self, idx: ArrayLike, name: str = "idx", any_length: bool = False) -> np.ndarray:
-        n_ctx = None if any_length else self.config.n_ctx
-        return token_ids(idx, self.config.vocab_size, n_ctx, name)
-
-    def _check_pair(self, idx: ArrayLike, targets: ArrayLike) -> tuple[np.ndarray, np.ndarray, int]:
-        return inputs_and_targets(idx, targets, self.config.vocab_size, self.config.n_ctx)
-
     # forward ---------------------------------------------------------------------------------
 
     def _blocks(self, a: Activations, idx, cache: KVCache | None = None) -> None:
@@ -318,7 +311,7 @@ class GPT:
 
     def forward(self, idx: ArrayLike) -> np.ndarray:
         """Logits (B, T, vocab_size) for token ids idx (B, T); a new array, no dropout."""
-        x = self._check_idx(idx)
+        x = token_ids(idx, self.config.vocab_size, self.config.n_ctx)
         B, T = x.shape
         logits = np.empty((B, T, self.config.vocab_size), self.dtype)
         make = lambda: Activations(self.config, B, T, self.dtype, per_layer=False)  # noqa: E731
@@ -331,7 +324,7 @@ class GPT:
         """Mean cross-entropy of predicting targets (B, T) from idx (B, T), no dropout (evaluation).
 
         A target of -1 is not scored."""
-        x, y, n = self._check_pair(idx, targets)
+        x, y, n = inputs_and_targets(idx, targets, self.config.vocab_size, self.config.n_ctx)
         logits = self.forward(x).reshape(-1, self.config.vocab_size)  # (B*T, V)
         losses, lse = np.empty(len(logits), self.dtype), np.empty(len(logits), self.dtype)
         K.crossentropy_forward(losses, lse, logits, y.reshape(-1))
@@ -340,7 +333,7 @@ class GPT:
     def next_logits(self, idx: ArrayLike, cache: KVCache) -> np.ndarray:
         """Logits (B, V) for the token after idx (B, Tq), which continues the cache.length positions
         already in cache: only the Tq new positions are computed, and they join the cache."""
-        x = self._check_idx(idx)
+        x = token_ids(idx, self.config.vocab_size, self.config.n_ctx)
         B, Tq = x.shape
         if cache.length + Tq > cache.capacity:
             raise ValueError(f"{cache.length} cached + {Tq} new positions exceed the cache's {cache.capacity}")
@@ -364,7 +357,7 @@ class GPT:
         core, on threads (parallel.py); the result is the same as in one piece up to the order of
         float sums. Not thread-safe: one training loop per model.
         """
-        x, y, n = self._check_pair(idx, targets)
+        x, y, n = inputs_and_targets(idx, targets, self.config.vocab_size, self.config.n_ctx)
         cfg, (B, T) = self.config, x.shape
         rows = parallel.shards(B)
         while len(self._replicas) < len(rows):  # layers over the same weights, gradients of their own
@@ -425,7 +418,7 @@ class GPT:
         """Every intermediate tensor of an evaluation forward pass over idx (B, T), in order, each
         with the name of the step that made it (copies; the shapes are those of
         docs/PROCESSING_FLOW.md). The attention weights are '...attn.softmax', (B, NH, T, T)."""
-        idx = self._check_idx(idx)
+        idx = token_ids(idx, self.config.vocab_size, self.config.n_ctx)
         B, T = idx.shape
         a = Activations(self.config, B, T, self.dtype, per_layer=True)
         self._blocks(a, idx)
@@ -451,7 +444,7 @@ class GPT:
         options are stream's (temperature, top_k, seed, top_p, stop_token, use_cache), and so is
         the whole behaviour; rows that reached stop_token first are padded with it.
         """
-        idx = self._check_idx(idx, any_length=True)
+        idx = token_ids(idx, self.config.vocab_size)
         steps = [step.tokens[:, None] for step in self.stream(idx, max_new_tokens, **options)]
         return np.concatenate([idx, *steps], axis=1)
 
@@ -475,5 +468,5 @@ class GPT:
         new token cost one position's work; past n_ctx the context slides (the last n_ctx tokens are
         kept and the cache is rebuilt from them).
         """
-        idx = self._check_idx(idx, any_length=True)
+        idx = token_ids(idx, self.config.vocab_size)
         return generate_tokens(self, idx, max_new_tokens, temperature, top_k, seed, top_p, stop_token, use_cache)

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from .fileio import atomic_write_text
+from .fileio import atomic_write_text, read_json_object
 
 TOKENIZER_FILE = "tokenizer.json"
 EOS = "<eos>"
@@ -175,13 +175,7 @@ class WordTokenizer(_TableTokenizer):
 
 def read_state(path: str | os.PathLike) -> dict[str, Any]:
     """The JSON object of a tokenizer file (or of a directory's tokenizer.json)."""
-    path = _json_path(path)
     try:
-        state = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise TokenizerError(f"tokenizer file {path} does not exist") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TokenizerError(f"tokenizer file {path} is damaged: {exc}") from None
-    if not isinstance(state, dict):
-        raise TokenizerError(f"tokenizer file {path} is damaged: not a JSON object")
-    return state
+        return read_json_object(_json_path(path), "tokenizer file")
+    except ValueError as exc:
+        raise TokenizerError(str(exc)) from None

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from support import corpus
 
 from simple_llm import load_tokenizer
-from simple_llm.bpe import ENDOFTEXT, BPETokenizer, learn_merges, merge_piece
+from simple_llm.bpe import ENDOFTEXT, BPETokenizer, merge_piece
+from simple_llm.bpe_merges import learn_merges
 
 SAMPLE = "hello hello world, hello there! 日本語のテキスト、日本語の文。 ta ta ta\n\n  spaces   and\ttabs\n"
 any_text = st.text(alphabet=st.characters(blacklist_categories=("Cs",)), max_size=80)

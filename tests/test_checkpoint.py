@@ -98,7 +98,7 @@ def test_damaged_files(saved, mangle, fragment):
         ({"vocab_size": -30, "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 2}, "positive integer"),
         ({"vocab_size": 10**12, "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 2}, "expected"),
         ({"vocab_size": "30", "n_ctx": 8, "n_embd": 8, "n_head": 2, "n_layer": 2}, "positive integer"),
-        ([1, 2], "not a GPT-2 config"),
+        ([1, 2], "config.json is damaged: not a JSON object"),
     ],
 )
 def test_bad_configs(saved, config, fragment):

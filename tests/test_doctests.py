@@ -7,12 +7,20 @@ import doctest
 import pytest
 
 import simple_llm.bpe
+import simple_llm.bpe_merges
 import simple_llm.evaluate
 import simple_llm.parallel
 import simple_llm.params
 import simple_llm.session
 
-MODULES = [simple_llm.bpe, simple_llm.evaluate, simple_llm.parallel, simple_llm.params, simple_llm.session]
+MODULES = [
+    simple_llm.bpe,
+    simple_llm.bpe_merges,
+    simple_llm.evaluate,
+    simple_llm.parallel,
+    simple_llm.params,
+    simple_llm.session,
+]
 
 
 @pytest.mark.parametrize("module", MODULES, ids=lambda m: m.__name__)

@@ -1,0 +1,225 @@
+"""The training loop, nanoGPT's in named steps: next batch, one optimizer step, evaluate, checkpoint.
+
+``train.py`` (the command) builds the model, the tokenizer and the token streams from its flags and
+hands them to a Trainer; a fine-tuning run (``--init-from``) and a resumed one run the same loop.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .model import GPT
+from .optim import AdamW, clip_grad_norm, lr_at
+from .params import Parameters
+from .run_files import PLOT_FILE, Run, load_state, plot, save_state, write_log
+from .tokenizers import Tokenizer
+
+
+class Batches:
+    """Random windows of a token stream: x (B, T) and the next tokens y (B, T), in reused buffers."""
+
+    def __init__(self, data: np.ndarray, batch: int, block: int):
+        self.data, self.block = data, block
+        self.offsets = np.arange(block)
+        self.x = np.empty((batch, block), dtype=np.int64)
+        self.y = np.empty((batch, block), dtype=np.int64)
+
+    def sample(self, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        starts = rng.integers(0, len(self.data) - self.block, size=len(self.x))
+        window = starts[:, None] + self.offsets  # (B, T)
+        np.take(self.data, window, out=self.x)
+        np.take(self.data, window + 1, out=self.y)
+        return self.x, self.y
+
+
+def estimate_loss(model: GPT, batches: Batches, steps: int, seed: int, step: int) -> float:
+    """Mean loss over `steps` batches drawn from their own generator (training's stays untouched)."""
+    rng = np.random.default_rng([seed, step])
+    return float(np.mean([model.loss(*batches.sample(rng)) for _ in range(steps)]))
+
+
+class StopFlag:
+    """The first Ctrl-C asks the loop to stop after the current step (and save); a second one
+    interrupts at once, leaving the last saved checkpoint as it was."""
+
+    def __init__(self) -> None:
+        self.stop = False
+
+    def __enter__(self) -> StopFlag:
+        self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.stop = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def __exit__(self, *exc) -> None:
+        signal.signal(signal.SIGINT, self.previous)
+
+
+class Trainer:
+    """nanoGPT's training loop in named steps: next_batch, train_step, evaluate, checkpoint."""
+
+    def __init__(self, args: argparse.Namespace, model: GPT, tok: Tokenizer, train: np.ndarray, val: np.ndarray):
+        self.args, self.model, self.tok, self.out = args, model, tok, Path(args.out)
+        # one draw of batch_size * grad_accum windows per step, cut into micro-batches: the same
+        # windows as one batch of that size
+        self.train_batches = Batches(train, args.batch_size * args.grad_accum, args.block_size)
+        self.val_batches = Batches(val, args.batch_size, args.block_size)
+        self.opt = AdamW(
+            model.params, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8, weight_decay=args.weight_decay
+        )
+        self.rng = np.random.default_rng(args.seed)  # the training batches
+        self.run = load_state(self.out, model, self.opt, self.rng) if args.resume else Run()
+        self.decay_steps = args.lr_decay_steps or args.max_steps
+        self.tokens_per_s = 0.0
+        self.accumulated = model.params.like() if args.grad_accum > 1 else None
+
+    def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
+        return self.train_batches.sample(self.rng)
+
+    def gradients(self, x: np.ndarray, y: np.ndarray) -> tuple[float, Parameters]:
+        """Mean loss and gradient over the windows x, y, as --grad-accum micro-batches of --batch-size."""
+        if self.accumulated is None:
+            return self.model.loss_and_grads(x, y)
+        B, n, total = self.args.batch_size, self.args.grad_accum, self.accumulated.flat
+        losses = []
+        for k in range(n):
+            loss, grads = self.model.loss_and_grads(x[k * B : (k + 1) * B], y[k * B : (k + 1) * B])
+            losses.append(loss)
+            if k == 0:
+                total[...] = grads.flat
+            else:
+                total += grads.flat
+        total *= 1.0 / n  # every window is whole, so the mean of the micro-batches' means is the mean
+        return float(np.mean(losses)), self.accumulated
+
+    def train_step(self) -> float:
+        """One optimizer step on the next batch; returns its loss (not finite: nothing was changed)."""
+        a, run = self.args, self.run
+        self.opt.lr = lr_at(run.step, a.lr, a.min_lr, a.warmup_steps, self.decay_steps)
+        loss, grads = self.gradients(*self.next_batch())
+        if not math.isfinite(loss):
+            return loss
+        if a.grad_clip > 0:
+            clip_grad_norm(grads, a.grad_clip)
+        self.opt.step(grads)
+        run.step += 1
+        return loss
+
+    def evaluate(self) -> tuple[float, float]:
+        """(train, validation) loss, each a mean over --eval-steps batches of their own generator."""
+        a, step = self.args, self.run.step
+        return (
+            estimate_loss(self.model, self.train_batches, a.eval_steps, a.seed, step),
+            estimate_loss(self.model, self.val_batches, a.eval_steps, a.seed + 1, step),
+        )
+
+    def log_evaluation(self) -> None:
+        train_loss, val_loss = self.evaluate()
+        run = self.run
+        run.best_val = min(run.best_val, val_loss)
+        run.log.append(
+            dict(
+                step=run.step, lr=self.opt.lr, train_loss=train_loss, val_loss=val_loss, tokens_per_s=self.tokens_per_s
+            )
+        )
+        from tqdm import tqdm
+
+        tqdm.write(f"step {run.step}: train loss {train_loss:.4f}, val loss {val_loss:.4f}")
+
+    def log_training(self, loss: float) -> None:
+        row = dict(step=self.run.step, lr=self.opt.lr, train_loss=loss, val_loss=None, tokens_per_s=self.tokens_per_s)
+        self.run.log.append(row)
+
+    def sample(self) -> str:
+        """A short sample from --sample-prompt, drawn from its own generator (training's stays untouched)."""
+        a, tok = self.args, self.tok
+        ids = tok.encode(a.sample_prompt) if a.sample_prompt else self.train_batches.data[:8].tolist()
+        ids = (ids or [tok.eos_id or 0])[-self.model.config.n_ctx :]
+        rng = np.random.default_rng([a.seed, self.run.step, 2])
+        out = self.model.generate(np.array([ids]), 48, temperature=0.8, top_k=40, seed=rng, stop_token=tok.eos_id)
+        return tok.decode(ids + [int(t) for t in out[0, len(ids) :] if t != tok.eos_id])
+
+    def checkpoint(self) -> None:
+        """Everything in --out, each file atomically; train_state first: alone it is enough to resume."""
+        save_state(self.out, self.model, self.opt, self.rng, self.run, self.args.block_size)
+        self.model.save_pretrained(self.out, eos_token_id=self.tok.eos_id)
+        write_log(self.out, self.run.log)
+        plot(self.out, self.run.log)
+
+    def fit(self) -> int:
+        """Train to --max-steps (or the first Ctrl-C, after which the step in progress finishes and
+        everything is saved); the command's exit status."""
+        from tqdm import tqdm
+
+        a, run = self.args, self.run
+        start_step, training_seconds, started = run.step, 0.0, time.perf_counter()
+        tokens_per_step = a.batch_size * a.grad_accum * a.block_size  # every micro-batch counts
+        if run.step == 0:
+            self.log_evaluation()  # where the run starts from
+        bar = tqdm(
+            total=a.max_steps,
+            initial=start_step,
+            disable=a.no_progress,
+            unit="step",
+            dynamic_ncols=True,
+            file=sys.stderr,
+        )
+        # NumPy's overflow warnings would bury the one line that a diverging run gets (below)
+        with StopFlag() as flag, np.errstate(all="ignore"):
+            while run.step < a.max_steps and not flag.stop:
+                step_start = time.perf_counter()
+                loss = self.train_step()
+                if not math.isfinite(loss):
+                    bar.close()
+                    print(
+                        f"simple_llm train: error: loss is not finite at step {run.step + 1} "
+                        f"(learning rate {self.opt.lr:.3g}); the last checkpoint in {self.out} is kept",
+                        file=sys.stderr,
+                    )
+                    return 1
+                training_seconds += time.perf_counter() - step_start
+                self.tokens_per_s = (run.step - start_step) * tokens_per_step / training_seconds
+                bar.update(1)
+                bar.set_postfix(
+                    loss=f"{loss:.4f}", lr=f"{self.opt.lr:.2e}", tok_s=f"{self.tokens_per_s:,.0f}", refresh=False
+                )
+                if run.step % a.log_interval == 0:
+                    self.log_training(loss)
+                if a.sample_every and run.step % a.sample_every == 0:
+                    tqdm.write(f"sample at step {run.step}: {self.sample()!r}")
+                if run.step % a.eval_interval == 0 or run.step == a.max_steps:
+                    self.log_evaluation()
+                    self.checkpoint()
+        bar.close()
+        if flag.stop:
+            self.checkpoint()
+            print(f"Interrupted at step {run.step}; saved in {self.out}. Continue with:\n  {resume_command(a)}")
+            return 0
+        have_plot = (self.out / PLOT_FILE).exists()
+        print(
+            f"done: {run.step} steps; best validation loss {run.best_val:.4f}; "
+            f"{time.perf_counter() - started:.1f} s in all, {self.tokens_per_s:,.0f} tokens/s while training. "
+            f"Saved in {self.out}" + ("" if have_plot else " (pip install matplotlib for loss.png)")
+        )
+        return 0
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The whole command line that continues this run: the flags it was started with, plus --resume."""
+    words = list(getattr(args, "argv", None) or ["--data", args.data, "--out", args.out])
+    if "--init-from" in words:  # the run now lives in --out
+        i = words.index("--init-from")
+        del words[i : i + 2]
+    if "--resume" not in words:
+        words.append("--resume")
+    return shlex.join(["python", "-m", "simple_llm", "train", *words])

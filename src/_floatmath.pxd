@@ -1,0 +1,115 @@
+# cython: language_level=3
+"""Float arithmetic that vectorises, for src/_kernels.pyx: exp, tanh and sqrt for float32 and float64,
+and sums, maxima and dot products over a row. Inline functions: each is compiled into the kernel
+that calls it, so the compiler sees the whole loop.
+"""
+from cython cimport floating
+from libc.math cimport INFINITY, exp, sqrt, sqrtf
+from libc.stdint cimport int32_t
+from libc.string cimport memcpy
+
+
+cdef inline float _expf(float x) noexcept nogil:
+    # exp for float32 as plain arithmetic, so that loops of it vectorise (a call to libm's expf
+    # does not): exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 with ln 2 split in two
+    # parts (the first has few bits, so n * 0.693359375 and its subtraction are exact: setup.py
+    # leaves out -fassociative-math, which would merge the parts again), exp(r) by its Taylor series
+    # to r^6 (|r| <= 0.35), and 2^n written straight into the exponent bits. Within 2e-7 relative of
+    # exp on [-87.3, 88.7] (tests/test_kernels.py measures it over that whole range), 0 below it
+    # (where float32 underflows anyway), inf above, NaN for NaN.
+    # Every constant is a typed float: a bare literal would be a C double and drag the whole
+    # expression, and the vectorised loop around it, into double precision (half the lanes).
+    cdef float hi = 88.7, lo = -87.3, half = 0.5, one = 1, zero = 0
+    cdef float xc = hi if x > hi else x
+    xc = lo if xc < lo else xc
+    cdef float t = xc * <float>1.44269504088896341
+    cdef int32_t n = <int32_t>(t + (half if t >= zero else -half))
+    cdef float r = (xc - n * <float>0.693359375) + n * <float>2.12194440e-4
+    cdef float p = one + r * (one + r * (half + r * (<float>(1 / 6.0) + r * (<float>(1 / 24.0)
+                   + r * (<float>(1 / 120.0) + r * <float>(1 / 720.0))))))
+    cdef int32_t bits = (n + 127) << 23
+    cdef float scale
+    memcpy(&scale, &bits, 4)
+    return zero if x < lo else p * scale
+
+
+cdef inline floating _exp(floating x) noexcept nogil:
+    if floating is float:
+        return _expf(x)
+    else:
+        return exp(x)  # float64 keeps libm's exp: exactness against a float64 reference matters more
+
+
+# Sums and maxima over a row in LANES interleaved partial results: the order of the additions is
+# written out (x[0] + x[8] + ..., x[1] + x[9] + ..., then the lanes), so the compiler may turn the
+# lanes into vector registers without being allowed to reorder float sums in general. The three
+# reductions are written out each: one shared loop would need a branch or a function pointer
+# inside it, and would no longer vectorise.
+cdef enum:
+    LANES = 8
+
+
+cdef inline floating _row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
+    cdef floating acc[LANES]
+    cdef Py_ssize_t j, k, blk, whole = n - n % LANES
+    cdef floating total = 0
+    for k in range(LANES):
+        acc[k] = 0
+    for blk in range(whole // LANES):
+        j = blk * LANES
+        for k in range(LANES):
+            acc[k] = acc[k] + x[j + k]
+    for k in range(LANES):
+        total = total + acc[k]
+    for j in range(whole, n):
+        total = total + x[j]
+    return total
+
+
+cdef inline floating _row_max(const floating* x, Py_ssize_t n) noexcept nogil:
+    cdef floating acc[LANES]
+    cdef Py_ssize_t j, k, blk, whole = n - n % LANES
+    cdef floating m = -INFINITY
+    for k in range(LANES):
+        acc[k] = -INFINITY
+    for blk in range(whole // LANES):
+        j = blk * LANES
+        for k in range(LANES):
+            acc[k] = x[j + k] if x[j + k] > acc[k] else acc[k]
+    for k in range(LANES):
+        m = acc[k] if acc[k] > m else m
+    for j in range(whole, n):
+        m = x[j] if x[j] > m else m
+    return m
+
+
+cdef inline floating _row_dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
+    cdef floating acc[LANES]
+    cdef Py_ssize_t j, k, blk, whole = n - n % LANES
+    cdef floating total = 0
+    for k in range(LANES):
+        acc[k] = 0
+    for blk in range(whole // LANES):
+        j = blk * LANES
+        for k in range(LANES):
+            acc[k] = acc[k] + a[j + k] * b[j + k]
+    for k in range(LANES):
+        total = total + acc[k]
+    for j in range(whole, n):
+        total = total + a[j] * b[j]
+    return total
+
+
+cdef inline floating _sqrt(floating x) noexcept nogil:
+    if floating is float:
+        return sqrtf(x)
+    else:
+        return sqrt(x)
+
+
+cdef inline floating _tanh(floating u) noexcept nogil:
+    # tanh through one exp (libm's tanh is 3x slower here and never vectorises)
+    cdef floating zero = 0, one = 1, two = 2  # typed: see _expf
+    cdef floating e = _exp(-two * (u if u >= zero else -u))
+    cdef floating th = (one - e) / (one + e)
+    return th if u >= zero else -th
