@@ -29,7 +29,7 @@ COMMANDS = {
 DEMO_LANGUAGES = ("en", "ja")
 
 
-def command_parser(name: str) -> Parser:
+def parser_of(name: str) -> Parser:
     module = importlib.import_module(f"simple_llm.{COMMANDS[name]}")
     return module.parser(name)
 
@@ -64,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if "-h" not in argv and "--help" not in argv and (note := fallback_note()):
         print(note, file=sys.stderr)
     if argv and argv[0] in COMMANDS:
-        parser, argv = command_parser(argv[0]), argv[1:]
+        parser, argv = parser_of(argv[0]), argv[1:]
     else:
         parser = importlib.import_module("simple_llm.demo").parser("demo")
     try:
