@@ -14,9 +14,10 @@ cdef inline float _expf(float x) noexcept nogil:
     # does not): exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 with ln 2 split in two
     # parts (the first has few bits, so n * 0.693359375 and its subtraction are exact: setup.py
     # leaves out -fassociative-math, which would merge the parts again), exp(r) by its Taylor series
-    # to r^6 (|r| <= 0.35), and 2^n written straight into the exponent bits. Within 2e-7 relative of
-    # exp on [-87.3, 88.7] (tests/test_kernels.py measures it over that whole range), 0 below it
-    # (where float32 underflows anyway), inf above, NaN for NaN.
+    # to r^6 (|r| <= 0.35), and 2^n written straight into the exponent bits. The kernels call it on
+    # x <= 0 only (x - max in a softmax, -2|u| in tanh): within 2e-7 relative of exp on [-87.3, 0],
+    # 0 below (where float32's results are subnormal anyway), 0 for -inf, NaN for NaN
+    # (tests/test_kernels.py measures all of that). Above 0 it is never called; it clamps at 88.7.
     # Every constant is a typed float: a bare literal would be a C double and drag the whole
     # expression, and the vectorised loop around it, into double precision (half the lanes).
     cdef float hi = 88.7, lo = -87.3, half = 0.5, one = 1, zero = 0

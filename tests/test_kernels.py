@@ -380,8 +380,9 @@ def test_overlapping_outputs_are_refused(backend):
 
 
 def test_float32_exp_is_within_its_bound(backend):
-    """exp over the whole range the kernels call it on (x <= 0, down to float32's smallest normal):
-    softmax([0, x]) gives exp(x) = p[1] / p[0] with two roundings (~1.2e-7) beside exp's 2e-7."""
+    """exp over the whole range the kernels call it on: x <= 0 (a softmax's x - max, tanh's -2|u|),
+    down to float32's smallest normal and below. softmax([0, x]) gives exp(x) = p[1] / p[0] with two
+    roundings (~1.2e-7) beside exp's 2e-7."""
     x = np.concatenate([np.linspace(-87.3, 0, 400_001), np.random.default_rng(0).uniform(-87.3, 0, 100_000)])
     rows = np.stack([np.zeros_like(x), x], axis=1).astype(np.float32)
     p = np.empty_like(rows)
@@ -389,6 +390,14 @@ def test_float32_exp_is_within_its_bound(backend):
     got = p[:, 1].astype(np.float64) / p[:, 0]
     rel = np.abs(got / np.exp(rows[:, 1].astype(np.float64)) - 1)
     assert rel.max() < 3.2e-7, (rel.max(), rows[rel.argmax(), 1])
+    # below: float32's subnormals (given as 0 or as themselves), then -inf (a masked score) and NaN
+    tail = np.array([[0, x] for x in np.linspace(-104, -87.4, 1001)] + [[0, -np.inf], [0, np.nan]], np.float32)
+    p = np.empty_like(tail)
+    kernels.softmax_forward(p, tail)
+    sub, exact = p[:-2, 1], np.exp(tail[:-2, 1].astype(np.float64))
+    assert np.all((sub == 0) | (np.abs(sub - exact) <= 1.5e-45))  # flushed, or within a subnormal's step
+    np.testing.assert_array_equal(p[:-1, 0], 1.0)
+    assert p[-2, 1] == 0.0 and np.isnan(p[-1]).all()
 
 
 def test_float32_gelu_matches_the_formula_to_float32_precision(backend):
