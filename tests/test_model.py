@@ -216,6 +216,22 @@ def test_cache_gives_the_same_greedy_tokens_and_logits(backend, prompt_len):
         np.testing.assert_allclose(a.probs, b.probs, rtol=1e-10, atol=1e-14)
 
 
+@pytest.mark.parametrize("prompt_len", [6, 11])  # shorter and longer than n_ctx = 8
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_past_n_ctx_each_step_sees_exactly_the_last_n_ctx_tokens(backend, use_cache, prompt_len):
+    """The contract's crop: every step's distribution is that of a plain forward pass over the last
+    n_ctx tokens of prompt + generated so far (not n_ctx - 1, not n_ctx + 1)."""
+    model = GPT(GPTConfig(**TINY), seed=4, dtype=np.float64)
+    perturb(model, scale=0.5)
+    seq = np.random.default_rng(1).integers(0, 11, (2, prompt_len))
+    for step in model.stream(seq, 12, use_cache=use_cache):
+        logits = model.forward(seq[:, -TINY["n_ctx"] :])[:, -1]
+        want = np.exp(logits - logits.max(1, keepdims=True))
+        np.testing.assert_allclose(step.probs, want / want.sum(1, keepdims=True), rtol=1e-10, atol=1e-14)
+        seq = np.concatenate([seq, step.tokens[:, None]], axis=1)
+    assert seq.shape[1] == prompt_len + 12
+
+
 def test_sampling_is_seeded_and_respects_top_k(backend):
     model = GPT(GPTConfig(**TINY), seed=4)
     perturb(model, scale=1.0)
