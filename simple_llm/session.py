@@ -69,8 +69,8 @@ def token_label(tok: Tokenizer, token_id: int) -> str:
 def display_width(text: str) -> int:
     """Terminal columns of text: East Asian wide and fullwidth characters take two.
 
-    >>> display_width("猫が"), display_width("cat")
-    (4, 3)
+    >>> display_width("猫が"), display_width("ＡＢ"), display_width("cat")  # wide, fullwidth, narrow
+    (4, 4, 3)
     """
     return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
 

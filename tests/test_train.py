@@ -318,6 +318,27 @@ def test_grad_accum_draws_the_same_windows_and_ends_with_the_same_weights(tmp_pa
     assert "tokens/s" in proc.stdout  # counted over every micro-batch (8 windows a step)
 
 
+def test_grad_accum_gradient_is_the_whole_batch_gradient_in_float64(tmp_path):
+    """AdamW hardly sees a constant factor on the gradient, so the weights above cannot pin the
+    average: the accumulated gradient itself must be the 8-window batch's, up to summation order."""
+    from simple_llm.config import GPTConfig
+    from simple_llm.train import parser
+    from simple_llm.trainer import Trainer
+
+    args = parser("train").parse_args(["--data", "x", "--out", str(tmp_path), "--batch-size", "2", "--grad-accum", "4"])
+    args.block_size = 6
+    model = GPT(GPTConfig(vocab_size=13, n_ctx=6, n_embd=8, n_head=2, n_layer=2), seed=1, dtype=np.float64)
+    stream = np.random.default_rng(0).integers(0, 13, 400)
+    trainer = Trainer(args, model, None, stream[:300], stream[300:])
+    x, y = trainer.next_batch()
+    assert x.shape == (8, 6)
+    loss, grads = trainer.gradients(x, y)
+    accumulated = grads.flat.copy()
+    whole_loss, whole = model.loss_and_grads(x, y)
+    assert abs(loss - whole_loss) < 1e-12
+    np.testing.assert_allclose(accumulated, whole.flat, rtol=1e-10, atol=1e-14)
+
+
 def test_init_from_fine_tunes_a_model_directory(tmp_path, text_file):
     base, tuned = tmp_path / "base", tmp_path / "tuned"
     train("--data", text_file, "--out", base, *TINY, "--max-steps", "4", "--eval-interval", "4")
