@@ -35,6 +35,18 @@ def test_round_trip_and_files(saved):
         np.testing.assert_allclose(again.params.flat, model.params.flat, rtol=1e-7)
 
 
+def test_layer_norm_epsilon_is_saved_and_defaults_to_gpt2s(tmp_path):
+    GPT(GPTConfig(vocab_size=30, n_ctx=8, n_embd=8, n_head=2, n_layer=2, layer_norm_epsilon=1e-6)).save_pretrained(
+        tmp_path
+    )
+    assert json.loads((tmp_path / "config.json").read_text())["layer_norm_epsilon"] == 1e-6
+    assert GPT.from_pretrained(tmp_path).config.layer_norm_epsilon == 1e-6
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["layer_norm_epsilon"]
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    assert GPT.from_pretrained(tmp_path).config.layer_norm_epsilon == 1e-5
+
+
 def rewrite(path, change):
     tensors = load_file(path / "model.safetensors")
     change(tensors)

@@ -141,6 +141,8 @@ def test_bad_requests_are_one_line_errors(server, path, body, status, fragment):
 def test_a_prompt_longer_than_the_context_is_cropped_and_says_so(server):
     _, out = request(server, "POST", "/api/analyze", {"prompt": "abcdefgh" * 4})
     assert out["cropped"] is True and len(out["tokens"]) == 24
+    _, out = request(server, "POST", "/api/analyze", {"prompt": "abcdefgh" * 3})  # exactly n_ctx
+    assert out["cropped"] is False and len(out["tokens"]) == 24
 
 
 def test_static_files_come_only_from_the_package(server):

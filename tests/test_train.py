@@ -17,6 +17,7 @@ from safetensors.numpy import load_file
 from support import assert_one_line_error, run_cli
 
 from simple_llm import GPT, load_tokenizer
+from simple_llm.cli_args import CLIError
 from simple_llm.fileio import atomic_path
 
 TINY = [
@@ -337,6 +338,27 @@ def test_grad_accum_gradient_is_the_whole_batch_gradient_in_float64(tmp_path):
     whole_loss, whole = model.loss_and_grads(x, y)
     assert abs(loss - whole_loss) < 1e-12
     np.testing.assert_allclose(accumulated, whole.flat, rtol=1e-10, atol=1e-14)
+
+
+def test_the_last_tenth_is_validation_and_evaluation_reads_each_split(tmp_path):
+    from simple_llm.config import GPTConfig
+    from simple_llm.train import parser, split
+    from simple_llm.trainer import Trainer
+
+    train_part, val_part = split(np.arange(100), 9)
+    np.testing.assert_array_equal(train_part, np.arange(90))
+    np.testing.assert_array_equal(val_part, np.arange(90, 100))
+    with pytest.raises(CLIError, match="validation split needs at least 110 tokens"):
+        split(np.arange(100), 10)  # 10 validation tokens hold no window of 10 + 1
+    # one token repeated in each split: every window of a split is the same, whatever is drawn
+    args = parser("train").parse_args(["--data", "x", "--out", str(tmp_path), "--eval-steps", "2"])
+    args.block_size = 4
+    model = GPT(GPTConfig(vocab_size=5, n_ctx=4, n_embd=8, n_head=2, n_layer=1), seed=3, dtype=np.float64)
+    trainer = Trainer(args, model, None, np.full(50, 1), np.full(50, 3))
+    train_loss, val_loss = trainer.evaluate()
+    assert train_loss == pytest.approx(model.loss(np.full((1, 4), 1), np.full((1, 4), 1)), rel=1e-12)
+    assert val_loss == pytest.approx(model.loss(np.full((1, 4), 3), np.full((1, 4), 3)), rel=1e-12)
+    assert abs(train_loss - val_loss) > 1e-3
 
 
 def test_init_from_fine_tunes_a_model_directory(tmp_path, text_file):
