@@ -365,6 +365,29 @@ def test_top_k_keeps_the_k_most_likely_renormalised():
     np.testing.assert_allclose(probs, [[0, 4 / 7, 0, 3 / 7]], rtol=1e-12)
 
 
+class FixedDraws:
+    """Stands in for the sampler's generator: every u ~ U[0, 1) is the given value."""
+
+    def __init__(self, u):
+        self.u = u
+
+    def random(self, shape):
+        return np.full(shape, self.u)
+
+
+@pytest.mark.parametrize("u, want", [(0.0, 2), (np.nextafter(1.0, 0.0), 4)])
+def test_the_ends_of_u_never_draw_a_filtered_token(u, want):
+    """Tokens 0, 1 and 3 are filtered out (probability 0): the inverse transform must skip them
+    at u = 0 and at the largest u below 1, where the cumulative sums meet u exactly."""
+    from simple_llm.sampling import Sampler
+
+    sampler = Sampler(temperature=1.0, top_k=2, vocab_size=5)
+    sampler.rng = FixedDraws(u)
+    probs, tokens = sampler(np.array([[0.0, 0.0, 5.0, 0.0, 5.0]]))
+    np.testing.assert_allclose(probs[0], [0, 0, 0.5, 0, 0.5])
+    assert int(tokens[0]) == want
+
+
 def test_sampled_tokens_follow_the_distribution():
     from simple_llm.sampling import Sampler
 

@@ -25,8 +25,10 @@ def test_word_tokenizer_specials_and_unknown():
     assert tok.encode("Hello 世界") == [tok.ids["Hello"], tok.ids["世界"]]
     assert tok.encode("Hello there") == [tok.ids["Hello"], 0]
     assert tok.decode(tok.encode("こんにちは  世界 ")) == "こんにちは 世界"
-    with pytest.raises(ValueError, match="outside this vocabulary"):
-        tok.decode([99])
+    for bad in (99, tok.vocab_size, -1):  # the first id past the end, too
+        with pytest.raises(ValueError, match="outside this vocabulary"):
+            tok.decode([bad])
+    assert tok.decode([tok.vocab_size - 1]) == tok.tokens[-1]
 
 
 @pytest.mark.parametrize(
