@@ -16,9 +16,11 @@ import pytest
 from safetensors.numpy import load_file
 from support import assert_one_line_error, run_cli
 
-from simple_llm import GPT, load_tokenizer
+from simple_llm import GPT, GPTConfig, load_tokenizer
 from simple_llm.cli_args import CLIError
 from simple_llm.fileio import atomic_path
+from simple_llm.train import parser, split
+from simple_llm.trainer import Trainer
 
 TINY = [
     "--n-layer",
@@ -319,18 +321,19 @@ def test_grad_accum_draws_the_same_windows_and_ends_with_the_same_weights(tmp_pa
     assert "tokens/s" in proc.stdout  # counted over every micro-batch (8 windows a step)
 
 
+def float64_trainer(tmp_path, model, train_stream, val_stream, *flags):
+    """The train command's Trainer over given token streams, with train's defaults plus flags."""
+    args = parser("train").parse_args(["--data", "unused", "--out", str(tmp_path), *flags])
+    args.block_size = model.config.n_ctx
+    return Trainer(args, model, None, train_stream, val_stream)
+
+
 def test_grad_accum_gradient_is_the_whole_batch_gradient_in_float64(tmp_path):
     """AdamW hardly sees a constant factor on the gradient, so the weights above cannot pin the
     average: the accumulated gradient itself must be the 8-window batch's, up to summation order."""
-    from simple_llm.config import GPTConfig
-    from simple_llm.train import parser
-    from simple_llm.trainer import Trainer
-
-    args = parser("train").parse_args(["--data", "x", "--out", str(tmp_path), "--batch-size", "2", "--grad-accum", "4"])
-    args.block_size = 6
     model = GPT(GPTConfig(vocab_size=13, n_ctx=6, n_embd=8, n_head=2, n_layer=2), seed=1, dtype=np.float64)
     stream = np.random.default_rng(0).integers(0, 13, 400)
-    trainer = Trainer(args, model, None, stream[:300], stream[300:])
+    trainer = float64_trainer(tmp_path, model, stream[:300], stream[300:], "--batch-size", "2", "--grad-accum", "4")
     x, y = trainer.next_batch()
     assert x.shape == (8, 6)
     loss, grads = trainer.gradients(x, y)
@@ -341,20 +344,14 @@ def test_grad_accum_gradient_is_the_whole_batch_gradient_in_float64(tmp_path):
 
 
 def test_the_last_tenth_is_validation_and_evaluation_reads_each_split(tmp_path):
-    from simple_llm.config import GPTConfig
-    from simple_llm.train import parser, split
-    from simple_llm.trainer import Trainer
-
     train_part, val_part = split(np.arange(100), 9)
     np.testing.assert_array_equal(train_part, np.arange(90))
     np.testing.assert_array_equal(val_part, np.arange(90, 100))
     with pytest.raises(CLIError, match="validation split needs at least 110 tokens"):
         split(np.arange(100), 10)  # 10 validation tokens hold no window of 10 + 1
     # one token repeated in each split: every window of a split is the same, whatever is drawn
-    args = parser("train").parse_args(["--data", "x", "--out", str(tmp_path), "--eval-steps", "2"])
-    args.block_size = 4
     model = GPT(GPTConfig(vocab_size=5, n_ctx=4, n_embd=8, n_head=2, n_layer=1), seed=3, dtype=np.float64)
-    trainer = Trainer(args, model, None, np.full(50, 1), np.full(50, 3))
+    trainer = float64_trainer(tmp_path, model, np.full(50, 1), np.full(50, 3), "--eval-steps", "2")
     train_loss, val_loss = trainer.evaluate()
     assert train_loss == pytest.approx(model.loss(np.full((1, 4), 1), np.full((1, 4), 1)), rel=1e-12)
     assert val_loss == pytest.approx(model.loss(np.full((1, 4), 3), np.full((1, 4), 3)), rel=1e-12)
