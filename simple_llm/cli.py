@@ -2,6 +2,8 @@
 
 Errors in what the user typed or pointed at (a missing file, a bad flag) print one line,
 ``simple_llm CMD: error: ...``, on stderr and exit with status 2; ``--help`` prints the full usage.
+Ctrl-C stops any command with ``simple_llm CMD: interrupted`` and status 130 (train saves first and
+exits 0: docs/TRAINING.md).
 Set SIMPLE_LLM_DEBUG=1 to see the traceback instead.
 """
 
@@ -73,6 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         args = parser.parse_args(argv)
         args.argv = argv  # the command's own words, for a hint that repeats them (train's resume line)
         return int(args.run(args))
+    except KeyboardInterrupt:  # Ctrl-C outside train's own handling: every file is written atomically
+        print(f"\n{parser.prog}: interrupted", file=sys.stderr)
+        return 130
     except BrokenPipeError:  # the reader went away (| head): stop quietly, as other tools do
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 1

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,15 +25,13 @@ PLOT_FILE = "loss.png"
 LOG_COLUMNS = ["step", "lr", "train_loss", "val_loss", "tokens_per_s"]
 
 
-def saved_block_size(directory: Path) -> int | None:
-    """The --block-size that the run in directory trained with (None: not recorded, or unreadable)."""
-    from safetensors import SafetensorError, safe_open
-
-    try:
-        with safe_open(str(directory / STATE_FILE), framework="numpy") as f:
-            return int((f.metadata() or {})["block_size"])
-    except (SafetensorError, OSError, KeyError, ValueError):
-        return None
+STATE_FORMAT = "simple_llm train_state 1"
+# the flags of `train` that a run saves and `--resume` takes back (the model's shape is in config.json)
+SETTINGS = (
+    "data", "batch_size", "grad_accum", "max_steps", "lr", "min_lr", "warmup_steps", "lr_decay_steps",
+    "beta1", "beta2", "weight_decay", "grad_clip", "dropout", "eval_interval", "eval_steps", "log_interval",
+    "seed", "sample_every", "sample_prompt",
+)  # fmt: skip
 
 
 @dataclass
@@ -44,19 +43,87 @@ class Run:
     log: list[dict] = field(default_factory=list)
 
 
-def save_state(directory: Path, model: GPT, opt: AdamW, rng: np.random.Generator, run: Run, block_size: int) -> None:
+@dataclass
+class StateMeta:
+    """train_state's metadata, every field checked."""
+
+    step: int
+    adam_t: int
+    best_val: float
+    rng: dict
+    dropout_rng: dict
+    block_size: int
+    settings: dict  # SETTINGS -> value; {} in a state saved before settings were
+
+
+def _whole(meta: dict, name: str, low: int) -> int:
+    text = meta.get(name)
+    if not isinstance(text, str) or not text.isdecimal() or int(text) < low:
+        raise ValueError(f"{name} {text!r} is not a whole number >= {low}")
+    return int(text)
+
+
+def _json_object(meta: dict, name: str) -> dict:
+    try:
+        value = json.loads(meta.get(name, ""))
+    except (json.JSONDecodeError, RecursionError):
+        value = None
+    if not isinstance(value, dict):
+        raise ValueError(f"{name} is not a JSON object")
+    return value
+
+
+def read_state_meta(path: Path, n_ctx: int) -> StateMeta:
+    """The checked metadata of train_state at path; a damaged or lying field is a CLIError naming it."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            meta = f.metadata() or {}
+    except (SafetensorError, OSError) as exc:
+        raise CLIError(f"--resume: {path} is damaged ({exc})") from None
+    if meta.get("format") != STATE_FORMAT:
+        raise CLIError(f"{path} is not a simple_llm training state")
+    try:
+        step = _whole(meta, "step", 0)
+        adam_t = _whole(meta, "adam_t", 0)
+        if adam_t != step:  # one AdamW update per step, from step 0
+            raise ValueError(f"adam_t {adam_t} is not the step, {step}")
+        try:
+            best_val = float(meta.get("best_val", ""))
+        except ValueError:
+            best_val = math.nan
+        if not best_val >= 0:  # a cross-entropy; inf before the first evaluation
+            raise ValueError(f"best_val {meta.get('best_val')!r} is not a loss >= 0")
+        block_size = _whole(meta, "block_size", 1)
+        if block_size > n_ctx:
+            raise ValueError(f"block_size {block_size} is above the model's context, {n_ctx}")
+        settings = _json_object(meta, "settings") if "settings" in meta else {}
+        if unknown := sorted(set(settings) - set(SETTINGS)):
+            raise ValueError(f"settings has an unknown flag, {unknown[0]!r}")
+        return StateMeta(
+            step, adam_t, best_val, _json_object(meta, "rng"), _json_object(meta, "dropout_rng"), block_size, settings
+        )
+    except ValueError as exc:
+        raise CLIError(f"--resume: {path} is damaged: {exc}") from None
+
+
+def save_state(
+    directory: Path, model: GPT, opt: AdamW, rng: np.random.Generator, run: Run, block_size: int, settings: dict
+) -> None:
     """train_state: everything needed to continue exactly, in one safetensors file."""
     tensors = {"params": model.params.flat}
     for i, (m, v) in enumerate(zip(opt.m, opt.v)):
         tensors[f"adam_m.{i}"], tensors[f"adam_v.{i}"] = m, v
     meta = {
-        "format": "simple_llm train_state 1",
+        "format": STATE_FORMAT,
         "step": str(run.step),
         "adam_t": str(opt.t),
         "best_val": repr(run.best_val),
         "rng": json.dumps(rng.bit_generator.state),
         "dropout_rng": json.dumps(model.rng.bit_generator.state),
         "block_size": str(block_size),
+        "settings": json.dumps({k: settings[k] for k in SETTINGS}),
     }
     write_safetensors(directory / STATE_FILE, tensors, meta)
 
@@ -65,28 +132,26 @@ def load_state(directory: Path, model: GPT, opt: AdamW, rng: np.random.Generator
     from safetensors import SafetensorError, safe_open
 
     path = directory / STATE_FILE
+    meta = read_state_meta(path, model.config.n_ctx)
     try:
         with safe_open(str(path), framework="numpy") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != "simple_llm train_state 1":
-                raise CLIError(f"{path} is not a simple_llm training state")
-            params = f.get_tensor("params")
-            if params.shape != model.params.flat.shape:
-                raise CLIError(f"--resume: {path} does not match the model in {directory / CONFIG_FILE}")
-            model.params.flat[...] = params
-            for i in range(len(opt.m)):
-                opt.m[i][...] = f.get_tensor(f"adam_m.{i}")
-                opt.v[i][...] = f.get_tensor(f"adam_v.{i}")
-            opt.t = int(meta["adam_t"])
-            rng.bit_generator.state = json.loads(meta["rng"])
-            model.rng.bit_generator.state = json.loads(meta["dropout_rng"])
-            run = Run(step=int(meta["step"]), best_val=float(meta["best_val"]))
+            for name, target in [("params", model.params.flat), *_moments(opt)]:
+                tensor = f.get_tensor(name)
+                if tensor.shape != target.shape:  # assigning would broadcast a smaller one
+                    raise CLIError(f"--resume: {path} does not match the model in {directory / CONFIG_FILE} ({name})")
+                target[...] = tensor
+            opt.t = meta.adam_t
+            rng.bit_generator.state = meta.rng
+            model.rng.bit_generator.state = meta.dropout_rng
     except (SafetensorError, KeyError, ValueError, TypeError) as exc:
-        if isinstance(exc, CLIError):
-            raise
         raise CLIError(f"--resume: {path} is damaged ({exc})") from None
+    run = Run(step=meta.step, best_val=meta.best_val)
     run.log = read_log(directory / LOG_FILE, run.step)
     return run
+
+
+def _moments(opt: AdamW) -> list[tuple[str, np.ndarray]]:
+    return [(f"adam_{kind}.{i}", a) for i in range(len(opt.m)) for kind, a in (("m", opt.m[i]), ("v", opt.v[i]))]
 
 
 def read_log(path: Path, last_step: float) -> list[dict]:

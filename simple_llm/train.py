@@ -18,14 +18,16 @@ from pathlib import Path
 
 import numpy as np
 
+from . import parallel
 from .checkpoint import read_config
 from .cli_args import CLIError, Parser, command_parser, nonnegative_float, nonnegative_int, positive_int
 from .config import GPTConfig
 from .fileio import read_text_file
+from .memory import available_bytes, gigabytes, training_bytes
 from .model import GPT
 from .modeldir import load_model, load_tokenizer
-from .run_files import STATE_FILE, saved_block_size
-from .tokenizers import TOKENIZER_FILE, CharTokenizer, Tokenizer, WordTokenizer
+from .run_files import STATE_FILE, read_state_meta
+from .tokenizers import CharTokenizer, Tokenizer, WordTokenizer
 from .trainer import Trainer
 
 SHAPE_FLAGS = {"n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd", "block_size": "n_ctx"}
@@ -36,18 +38,30 @@ class DefaultsHelp(argparse.HelpFormatter):
 
     def _get_help_string(self, action: argparse.Action) -> str:
         text = action.help or ""
-        if action.default not in (None, False, argparse.SUPPRESS) and action.option_strings:
+        shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
+        if shown and action.option_strings and "default" not in text:  # 0 and 0.0 are defaults too
             text += " (default: %(default)s)"
         return text
 
 
 FRESH_DEFAULTS = dict(tokenizer="char", n_layer=4, n_head=4, n_embd=128, block_size=64)  # a new model's
 MODEL_FLAGS = ("tokenizer", "n_layer", "n_head", "n_embd")  # what --init-from and --resume take from DIR
+# what --resume lets a command change, none of which changes the weights' path: the length of the run,
+# the input, and when it evaluates, logs and prints samples (each from a generator of its own)
+CHANGEABLE_ON_RESUME = {
+    "max_steps",
+    "lr_decay_steps",
+    "data",
+    "eval_interval",
+    "log_interval",
+    "sample_every",
+    "sample_prompt",
+}
 
 
 def parser(name: str) -> Parser:
     p = command_parser(name, __doc__, formatter_class=DefaultsHelp)
-    p.add_argument("--data", required=True, metavar="FILE", help="a UTF-8 text file to learn")
+    p.add_argument("--data", metavar="FILE", help="a UTF-8 text file to learn (required; --resume: the saved run's)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the model and its state go")
     p.add_argument(
         "--init-from",
@@ -98,16 +112,47 @@ def parser(name: str) -> Parser:
     )
     g.add_argument("--sample-prompt", metavar="TEXT", help="the samples' prompt (default: the start of --data)")
     g.add_argument("--seed", type=int, default=0, help="random seed of the model, the batches and dropout")
-    g.add_argument("--resume", action="store_true", help="continue the run saved in --out")
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the run saved in --out with its saved flags (only --max-steps and --lr-decay-steps may change)",
+    )
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(run=run)
     return p
 
 
+def given_flags(argv: list[str]) -> set[str]:
+    """The flags (by dest) that argv sets itself, as opposed to their defaults."""
+    p = parser("train")
+    for action in p._actions:
+        action.default, action.required = argparse.SUPPRESS, False
+    return set(vars(p.parse_args(argv)))
+
+
+def take_saved_settings(args: argparse.Namespace, out: Path) -> None:
+    """--resume: every flag the run saved and this command does not give comes back from train_state;
+    a given flag that differs is refused (it would change what the run computes), except those that
+    extend the run, and the sampling ones, which only print."""
+    if not (out / STATE_FILE).is_file():
+        raise CLIError(f"--resume: {out} holds no training state ({STATE_FILE}) to resume")
+    settings = read_state_meta(out / STATE_FILE, read_config(out).n_ctx).settings
+    given = given_flags(args.argv) if hasattr(args, "argv") else set(vars(args))
+    for flag, value in settings.items():
+        if flag not in given:
+            setattr(args, flag, value)
+        elif getattr(args, flag) != value and flag not in CHANGEABLE_ON_RESUME:
+            option = "--" + flag.replace("_", "-")
+            raise CLIError(
+                f"--resume: {out} was trained with {option} {value}, not {getattr(args, flag)}; "
+                f"drop {option} to continue as it was (--max-steps and --lr-decay-steps extend a run)"
+            )
+
+
 def check_flags(args: argparse.Namespace) -> None:
+    if not args.data:
+        raise CLIError("the following arguments are required: --data")
     given = [f for f in MODEL_FLAGS if getattr(args, f) is not None]
-    if args.init_from and args.resume:
-        raise CLIError("--init-from starts a new run and --resume continues one: give only one")
     if args.init_from and given:
         raise CLIError(
             f"--init-from uses the config and tokenizer of {args.init_from}: drop --{given[0].replace('_', '-')}"
@@ -158,11 +203,9 @@ def prepare(args: argparse.Namespace, out: Path, text: str) -> tuple[GPT, Tokeni
     """A fresh model and tokenizer, the ones of --init-from, or the ones in --out for --resume; sets
     args.block_size where it was left to the model."""
     if args.resume:
-        if not (out / STATE_FILE).is_file():
-            raise CLIError(f"--resume: {out} holds no training state ({STATE_FILE}) to resume")
         cfg = read_config(out)
         tok = load_tokenizer(out)
-        block = saved_block_size(out) or cfg.n_ctx
+        block = read_state_meta(out / STATE_FILE, cfg.n_ctx).block_size
         saved: dict[str, object] = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=block)
         saved["tokenizer"] = tok.kind
         for flag, value in saved.items():
@@ -172,15 +215,17 @@ def prepare(args: argparse.Namespace, out: Path, text: str) -> tuple[GPT, Tokeni
                 )
             setattr(args, flag, value)
         cfg.dropout = args.dropout
+        check_memory(args, cfg)
         return GPT(cfg, seed=args.seed), tok
     if (out / STATE_FILE).exists():
         raise CLIError(f"{out} already holds a training run; add --resume to continue it, or choose another --out")
     if args.init_from:
-        model, tok = load_model(args.init_from)
-        n_ctx = model.config.n_ctx
+        n_ctx = read_config(args.init_from).n_ctx
         args.block_size = args.block_size or min(n_ctx, 256)
         if args.block_size > n_ctx:
             raise CLIError(f"--block-size {args.block_size} is above the context of {args.init_from} ({n_ctx})")
+        check_memory(args, read_config(args.init_from))
+        model, tok = load_model(args.init_from)
         model.config.dropout = args.dropout
         model.rng = np.random.default_rng(args.seed)
         return model, tok
@@ -193,7 +238,21 @@ def prepare(args: argparse.Namespace, out: Path, text: str) -> tuple[GPT, Tokeni
         n_layer=args.n_layer,
         dropout=args.dropout,
     )
+    check_memory(args, cfg)
     return GPT(cfg, seed=args.seed), tok
+
+
+def check_memory(args: argparse.Namespace, cfg: GPTConfig) -> None:
+    """Sets args.memory to the run's estimated peak; refuses a run that cannot fit in this machine."""
+    args.memory = training_bytes(
+        cfg, args.batch_size, args.block_size, args.grad_accum, len(parallel.shards(args.batch_size))
+    )
+    free = available_bytes()
+    if free is not None and args.memory > free:
+        raise CLIError(
+            f"this run needs about {gigabytes(args.memory)} of memory and the machine has {gigabytes(free)} "
+            "available: choose a smaller model (--n-embd, --n-layer), --batch-size or --block-size"
+        )
 
 
 def encode(tok: Tokenizer, text: str) -> np.ndarray:
@@ -204,10 +263,14 @@ def encode(tok: Tokenizer, text: str) -> np.ndarray:
 
 
 def run(args: argparse.Namespace) -> int:
-    check_flags(args)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory")
+    if args.init_from and args.resume:
+        raise CLIError("--init-from starts a new run and --resume continues one: give only one")
+    if args.resume:
+        take_saved_settings(args, out)
+    check_flags(args)
     text = read_text_file(args.data, "data file")
     model, tok = prepare(args, out, text)
     train, val = split(encode(tok, text), args.block_size)
@@ -218,13 +281,10 @@ def run(args: argparse.Namespace) -> int:
                 f"--resume: {out} is already at step {trainer.run.step}; give a --max-steps above it to train on"
             )
         print(f"resuming from step {trainer.run.step} of {args.max_steps}", flush=True)
-    out.mkdir(parents=True, exist_ok=True)
-    if not args.resume:
-        tok.save(out / TOKENIZER_FILE)
     print(
         f"{model.n_params:,} parameters{' from ' + args.init_from if args.init_from else ''}; "
         f"{tok.kind} tokenizer of {tok.vocab_size} tokens; "
-        f"{len(train):,} training and {len(val):,} validation tokens",
+        f"{len(train):,} training and {len(val):,} validation tokens; about {gigabytes(args.memory)} of memory",
         flush=True,
     )
     return trainer.fit()

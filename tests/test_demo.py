@@ -160,3 +160,15 @@ def test_japanese_as_people_write_it_without_spaces():
     assert "Generated text: 世界" in proc.stdout
     spaced = run_cli("ja", "--tokenizer", "word", input_text="猫 が\n")  # the word model needs the spaces
     assert "Generated text: 暖かい マット の 上 で 眠る" in spaced.stdout
+
+
+def test_every_command_runs_from_the_folder_above_a_clone(tmp_path):
+    """`git clone` names the folder simple_llm; from the folder above it, Python takes that folder for
+    a namespace package before an editable install's finder is asked (issue 22)."""
+    (tmp_path / "simple_llm" / "src").mkdir(parents=True)  # the clone, as seen from above
+    version = run_cli("--version", cwd=tmp_path)
+    assert version.returncode == 0 and version.stdout.startswith("simple_llm 0."), version.stderr
+    assert "usage: simple_llm" in run_cli("--help", cwd=tmp_path).stdout
+    assert_one_line_error(run_cli("trian", cwd=tmp_path), "did you mean train?")
+    demo = run_cli("en", "--epochs", "2", input_text="Hello\nquit\n", cwd=tmp_path)
+    assert demo.returncode == 0 and "Generated text:" in demo.stdout, demo.stderr

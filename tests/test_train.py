@@ -400,3 +400,192 @@ def test_samples_while_training_and_help_shows_defaults(tmp_path, text_file):
     assert all("'the cat" in line for line in samples)
     help_text = run_cli("train", "--help").stdout
     assert "(default: 12)" in help_text and "--grad-accum" in help_text and "``" not in help_text
+
+
+def run_until(args, marker, timeout=60, watch="stderr"):
+    """Start ``python -m simple_llm ARGS``, wait for marker on its stderr (or stdout), send Ctrl-C;
+    (code, stdout, stderr)."""
+    env = {**os.environ, "PYTHONIOENCODING": "utf-8", "COLUMNS": "100"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simple_llm", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    stream = getattr(proc, watch)
+    seen, end = b"", time.monotonic() + timeout
+    os.set_blocking(stream.fileno(), False)
+    while marker.encode() not in seen and time.monotonic() < end and proc.poll() is None:
+        seen += stream.read() or b""
+        time.sleep(0.05)
+    assert marker.encode() in seen, seen
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=timeout)
+    out, err = (seen + out, err) if watch == "stdout" else (out, seen + err)
+    return proc.returncode, out.decode(), err.decode()
+
+
+@POSIX_ONLY
+def test_ctrl_c_in_the_first_evaluation_shows_progress_and_leaves_nothing(tmp_path, text_file):
+    out = tmp_path / "run"
+    slow = [a for a in TINY if a != "--no-progress"] + ["--eval-steps", "100000"]  # a GPT-2's minute of silence
+    code, stdout, stderr = run_until(["train", "--data", text_file, "--out", out, *slow], "evaluating step 0")
+    assert code == 130, stderr
+    assert "Traceback" not in stderr
+    assert "Interrupted before the first step; nothing was saved" in stderr.splitlines()[-1]
+    assert not out.exists()  # not even tokenizer.json: a new run there starts cleanly
+    train("--data", text_file, "--out", out, *TINY, "--max-steps", "1")
+
+
+@POSIX_ONLY
+def test_ctrl_c_in_a_long_generation_is_one_line_and_status_130(tmp_path, text_file):
+    out = tmp_path / "run"
+    train("--data", text_file, "--out", out, *TINY, "--max-steps", "2")
+    code, stdout, stderr = run_until(
+        ["generate", "--model", out, "--prompt", "the", "--max-new-tokens", "100000"],
+        "the",
+        watch="stdout",
+    )
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 130 and lines == ["simple_llm generate: interrupted"], stderr
+
+
+def test_a_diverging_run_exits_1_and_saves_nothing_broken(tmp_path, text_file):
+    """The issue's run: the loss of step 1 is finite, the update makes the weights ~1e30, and the
+    evaluation after it is NaN: nothing may be saved over (or instead of) a finite checkpoint."""
+    out = tmp_path / "nan"
+    proc = run_cli("train", "--data", text_file, "--out", out, "--max-steps", "1", "--lr", "1e30", "--warmup-steps",
+                   "0", "--grad-clip", "0", "--n-layer", "1", "--n-embd", "32", "--block-size", "16", "--no-progress")  # fmt: skip
+    line = assert_one_line_error(proc, "not finite", "step 1", "nothing was saved", code=1)
+    assert "done" not in proc.stdout, line
+    assert not (out / "model.safetensors").exists() and not (out / "train_state").exists()
+
+
+def test_the_checkpoint_kept_after_divergence_is_the_last_finite_one(tmp_path):
+    from simple_llm import CharTokenizer
+    from simple_llm.run_files import read_state_meta
+
+    tok = CharTokenizer.train("abcdefghijklm")
+    model = GPT(GPTConfig(vocab_size=13, n_ctx=6, n_embd=8, n_head=2, n_layer=1), seed=1, dtype=np.float64)
+    stream = np.random.default_rng(0).integers(0, 13, 400)
+    trainer = float64_trainer(tmp_path, model, stream[:300], stream[300:], "--max-steps", "6", "--eval-interval",
+                              "2", "--eval-steps", "1", "--no-progress")  # fmt: skip
+    trainer.tok = tok
+    step = trainer.opt.step
+
+    def step_then_break(grads):  # the update of step 3 leaves one weight infinite
+        step(grads)
+        if trainer.opt.t == 3:
+            model.params["h.0.mlp.c_fc.weight"][0, 0] = np.inf
+
+    trainer.opt.step = step_then_break
+    assert trainer.fit() == 1
+    assert read_state_meta(tmp_path / "train_state", 6).step == 2
+    saved = weights(tmp_path)
+    assert all(np.isfinite(w).all() for w in saved.values())
+    assert int(list(csv.DictReader((tmp_path / "log.csv").open()))[-1]["step"]) == 2
+
+
+def test_step_rows_log_the_learning_rate_that_step_used(tmp_path):
+    """Row s of log.csv shows lr_at(s - 1): the update that took the run to step s; step 0's row
+    shows the rate the first step will use (warmup's start, not the peak)."""
+    from simple_llm import CharTokenizer, lr_at
+
+    model = GPT(GPTConfig(vocab_size=13, n_ctx=6, n_embd=8, n_head=2, n_layer=1), seed=1)
+    stream = np.random.default_rng(0).integers(0, 13, 400)
+    flags = ["--max-steps", "8", "--warmup-steps", "4", "--lr", "1e-2", "--min-lr", "1e-3", "--log-interval", "1",
+             "--eval-interval", "100", "--eval-steps", "1", "--no-progress"]  # fmt: skip
+    trainer = float64_trainer(tmp_path, model, stream[:300], stream[300:], *flags)
+    trainer.tok = CharTokenizer.train("abcdefghijklm")
+    used = []
+    step = trainer.opt.step
+    trainer.opt.step = lambda grads: (used.append(trainer.opt.lr), step(grads))
+    assert trainer.fit() == 0
+    assert used == [lr_at(s, 1e-2, 1e-3, 4, 8) for s in range(8)]
+    rows = {(r["step"], r["val_loss"] is None): r["lr"] for r in trainer.run.log}
+    assert rows[(0, False)] == pytest.approx(1e-2 / 5)
+    assert [rows[(s, True)] for s in range(1, 9)] == used
+
+
+def test_resume_alone_continues_with_the_saved_flags(tmp_path, text_file):
+    common = ["--data", text_file, *TINY, "--lr", "3e-3", "--batch-size", "3", "--warmup-steps", "2", "--seed", "5",
+              "--lr-decay-steps", "8", "--eval-interval", "4"]  # fmt: skip
+    once, twice = tmp_path / "once", tmp_path / "twice"
+    train(*common, "--out", once, "--max-steps", "8")
+    train(*common, "--out", twice, "--max-steps", "4")
+    proc = train("--out", twice, "--resume", "--max-steps", "8")  # no other flag, not even --data
+    assert "resuming from step 4 of 8" in proc.stdout
+    a, b = weights(once), weights(twice)
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name], err_msg=name)
+    for flag, value in [("--lr", "1e-3"), ("--batch-size", "12"), ("--seed", "0"), ("--grad-clip", "0.5"),
+                        ("--dropout", "0.1"), ("--warmup-steps", "100"), ("--beta2", "0.99")]:  # fmt: skip
+        proc = run_cli("train", "--out", twice, "--resume", "--max-steps", "9", flag, value)
+        shown = value if value.isdigit() else float(value)
+        assert_one_line_error(proc, f"was trained with {flag} ", f"not {shown};")
+    # the unchanged flags, pasted, are accepted; --max-steps extends the run
+    proc = train(*common, "--out", twice, "--resume", "--max-steps", "9")
+    assert "resuming from step 8 of 9" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "field, value, fragment",
+    [
+        ("step", "-5", "step '-5'"),
+        ("step", "2.5", "step '2.5'"),
+        ("adam_t", "0", "adam_t 0 is not the step, 2"),
+        ("best_val", "nan", "best_val 'nan'"),
+        ("best_val", "-1", "best_val '-1'"),
+        ("block_size", "-4", "block_size '-4'"),
+        ("block_size", "17", "block_size 17 is above the model's context, 16"),
+        ("rng", "[1]", "rng is not a JSON object"),
+        ("rng", "[" * 100_000 + "]" * 100_000, "rng is not a JSON object"),
+        ("dropout_rng", "{}", "damaged"),
+        ("settings", '{"lr": 1, "bogus": 2}', "unknown flag, 'bogus'"),
+        ("format", "other", "not a simple_llm training state"),
+    ],
+)
+def test_every_field_of_train_state_is_checked(tmp_path, text_file, field, value, fragment):
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    out = tmp_path / "run"
+    train("--data", text_file, "--out", out, *TINY, "--max-steps", "2")
+    with safe_open(str(out / "train_state"), framework="numpy") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    save_file(tensors, str(out / "train_state"), metadata={**meta, field: value})
+    before = (out / "model.safetensors").read_bytes()
+    proc = run_cli("train", "--out", out, "--resume", "--max-steps", "4", "--data", text_file)
+    assert_one_line_error(proc, fragment)
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_a_model_too_big_for_the_machine_is_refused_before_allocating(tmp_path, text_file):
+    proc = run_cli("train", "--data", text_file, "--out", tmp_path / "big", "--n-embd", "65536", "--n-head", "4")
+    assert_one_line_error(proc, "this run needs about", "GB of memory and the machine has", "available")
+    assert not (tmp_path / "big").exists()
+
+
+@POSIX_ONLY
+def test_the_memory_estimate_is_near_the_measured_peak(tmp_path):
+    """The banner's estimate against the peak RSS of a run whose activations dominate."""
+    from simple_llm.memory import training_bytes
+
+    text = tmp_path / "t.txt"
+    text.write_text("".join(chr(97 + i % 26) for i in range(40_000)), encoding="utf-8")
+    args = ["--n-layer", "3", "--n-head", "4", "--n-embd", "192", "--block-size", "128", "--batch-size", "16",
+            "--max-steps", "2", "--eval-steps", "1", "--no-progress"]  # fmt: skip
+    script = (
+        "import resource, sys; from simple_llm.cli import main; code = main(sys.argv[1:]); "
+        "print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024); sys.exit(code)"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, "train", "--data", str(text), "--out", str(tmp_path / "r"),
+                           *args], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    peak = int(proc.stdout.split("peak ")[1])
+    from simple_llm import parallel
+
+    cfg = GPTConfig(vocab_size=26, n_ctx=128, n_embd=192, n_head=4, n_layer=3)
+    estimate = training_bytes(cfg, 16, 128, 1, len(parallel.shards(16)))
+    assert f"about {estimate / 2**30:.2f} GB of memory" in proc.stdout
+    assert 0.75 < estimate / peak < 1.33, (estimate, peak)
