@@ -429,7 +429,7 @@ def run_until(args, marker, timeout=60, watch="stderr"):
 def test_ctrl_c_in_the_first_evaluation_shows_progress_and_leaves_nothing(tmp_path, text_file):
     out = tmp_path / "run"
     slow = [a for a in TINY if a != "--no-progress"] + ["--eval-steps", "100000"]  # a GPT-2's minute of silence
-    code, stdout, stderr = run_until(["train", "--data", text_file, "--out", out, *slow], "evaluating step 0")
+    code, _, stderr = run_until(["train", "--data", text_file, "--out", out, *slow], "evaluating step 0")
     assert code == 130, stderr
     assert "Traceback" not in stderr
     assert "Interrupted before the first step; nothing was saved" in stderr.splitlines()[-1]
@@ -441,7 +441,7 @@ def test_ctrl_c_in_the_first_evaluation_shows_progress_and_leaves_nothing(tmp_pa
 def test_ctrl_c_in_a_long_generation_is_one_line_and_status_130(tmp_path, text_file):
     out = tmp_path / "run"
     train("--data", text_file, "--out", out, *TINY, "--max-steps", "2")
-    code, stdout, stderr = run_until(
+    code, _, stderr = run_until(
         ["generate", "--model", out, "--prompt", "the", "--max-new-tokens", "100000"],
         "the",
         watch="stdout",
@@ -454,8 +454,9 @@ def test_a_diverging_run_exits_1_and_saves_nothing_broken(tmp_path, text_file):
     """The issue's run: the loss of step 1 is finite, the update makes the weights ~1e30, and the
     evaluation after it is NaN: nothing may be saved over (or instead of) a finite checkpoint."""
     out = tmp_path / "nan"
-    proc = run_cli("train", "--data", text_file, "--out", out, "--max-steps", "1", "--lr", "1e30", "--warmup-steps",
-                   "0", "--grad-clip", "0", "--n-layer", "1", "--n-embd", "32", "--block-size", "16", "--no-progress")  # fmt: skip
+    flags = ["--max-steps", "1", "--lr", "1e30", "--warmup-steps", "0", "--grad-clip", "0", "--n-layer", "1",
+             "--n-embd", "32", "--block-size", "16", "--no-progress"]  # fmt: skip
+    proc = run_cli("train", "--data", text_file, "--out", out, *flags)
     line = assert_one_line_error(proc, "not finite", "step 1", "nothing was saved", code=1)
     assert "done" not in proc.stdout, line
     assert not (out / "model.safetensors").exists() and not (out / "train_state").exists()
