@@ -26,6 +26,7 @@ COMMANDS = {
     "eval": "evaluate",
     "explore": "explore",
     "inspect": "inspection",
+    "plot": "plot",
     "bench": "bench",
 }
 DEMO_LANGUAGES = ("en", "ja")
@@ -65,12 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "-h" not in argv and "--help" not in argv and (note := fallback_note()):
         print(note, file=sys.stderr)
-    if argv and argv[0] in COMMANDS:
-        parser, argv = parser_of(argv[0]), argv[1:]
-    else:
+    demo = not (argv and argv[0] in COMMANDS)
+    if demo:
         parser = importlib.import_module("simple_llm.demo").parser("demo")
+    else:
+        parser, argv = parser_of(argv[0]), argv[1:]
     try:
-        if argv and (message := _unknown_command(argv[0])):
+        if demo and argv and (message := _unknown_command(argv[0])):
             raise CLIError(message)
         args = parser.parse_args(argv)
         args.argv = argv  # the command's own words, for a hint that repeats them (train's resume line)

@@ -14,8 +14,23 @@ class CLIError(Exception):
     """Bad input from the user: reported in one line, exit status 2."""
 
 
+class DefaultsHelp(argparse.HelpFormatter):
+    """Each flag's help ends with its default, unless it says it already or there is none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        has_default = action.default is not None and action.default is not False  # 0 and 0.0 are defaults
+        if has_default and action.default != argparse.SUPPRESS and action.option_strings and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line (argparse prints the whole usage block)."""
+    """argparse, but a usage error is one line (argparse prints the whole usage block), and each
+    flag's help says its default."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, formatter_class=DefaultsHelp, **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise CLIError(message)
@@ -23,7 +38,8 @@ class Parser(argparse.ArgumentParser):
 
 def command_parser(name: str, doc: str, paragraph: int = 1, **kwargs: Any) -> Parser:
     """The parser of ``simple_llm NAME``, described by one paragraph of its module's docstring."""
-    return Parser(prog=f"simple_llm {name}", description=doc.split("\n\n")[paragraph].replace("\n", " "), **kwargs)
+    description = doc.split("\n\n")[paragraph].replace("\n", " ")
+    return Parser(prog=f"simple_llm {name}", description=description, **kwargs)
 
 
 def _argument_type(parse: Callable[[str], Any], ok: Callable[[Any], bool], must: str) -> Callable[[str], Any]:

@@ -97,7 +97,7 @@ def parser(name: str) -> Parser:
     p = Parser(
         prog="simple_llm",
         description="Train a small GPT-2 on a few sentences, then complete your prompts. "
-        "Other commands: train, generate, chat, eval, explore, inspect, bench (python -m simple_llm CMD --help).",
+        "Other commands: train, generate, chat, eval, explore, inspect, plot, bench (python -m simple_llm CMD --help).",
     )
     p.add_argument(
         "lang", nargs="?", default="ja", choices=["en", "ja"], help="en: data/data_en.txt; ja (default): data/data.txt"

@@ -60,6 +60,7 @@ def parser(name: str) -> Parser:
     p.add_argument("--block-size", type=positive_int, help="tokens each window predicts (default: the model's n_ctx)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the line")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar (for a pipe or a log file)")
     p.set_defaults(run=run)
     return p
 
@@ -79,7 +80,9 @@ def run(args: argparse.Namespace) -> int:
     if len(tokens) < 2:
         raise CLIError(f"{args.data} is {len(tokens)} token long; scoring needs at least 2")
     n_windows = len(windows(len(tokens), block))
-    with tqdm(total=n_windows, unit="window", disable=n_windows < 20, file=sys.stderr, leave=False) as bar:
+    with tqdm(
+        total=n_windows, unit="window", disable=args.no_progress or n_windows < 20, file=sys.stderr, leave=False
+    ) as bar:
         total, scored = loss_sum(model, tokens, block, args.batch_size, bar)
     loss, n_bytes = total / scored, len(text.encode("utf-8"))
     result = {

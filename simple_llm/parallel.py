@@ -52,11 +52,23 @@ def single_threaded_blas() -> Iterator[None]:
     global _controller
     with _lock:
         if _controller is None:
-            from threadpoolctl import ThreadpoolController
-
-            _controller = ThreadpoolController()
+            _controller = _threadpool_controller()
     with _controller.limit(limits=1, user_api="blas"):
         yield
+
+
+def _threadpool_controller() -> Any:
+    """threadpoolctl's controller, imported with the environment put back as it was: its import writes
+    KMP_DUPLICATE_LIB_OK=True into os.environ, which changes how Intel's OpenMP behaves for every
+    library in the process."""
+    before = dict(os.environ)
+    try:
+        from threadpoolctl import ThreadpoolController
+    finally:
+        for name in set(os.environ) - set(before):
+            del os.environ[name]
+        os.environ.update({k: v for k, v in before.items() if os.environ.get(k) != v})
+    return ThreadpoolController()
 
 
 def run(task: Callable[[int], T], n: int) -> list[T]:

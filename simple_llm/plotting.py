@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-INSTALL_HINT = "drawing needs matplotlib: pip install 'simple_llm[viz]' (or: pip install matplotlib)"
+# matplotlib is a dependency; this is for an environment that lost it
+INSTALL_HINT = "drawing needs matplotlib, which this environment lacks: pip install matplotlib"
 
 
 def figure(**kwargs: Any) -> Any:

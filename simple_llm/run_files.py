@@ -146,7 +146,10 @@ def load_state(directory: Path, model: GPT, opt: AdamW, rng: np.random.Generator
     except (SafetensorError, KeyError, ValueError, TypeError) as exc:
         raise CLIError(f"--resume: {path} is damaged ({exc})") from None
     run = Run(step=meta.step, best_val=meta.best_val)
-    run.log = read_log(directory / LOG_FILE, run.step)
+    try:
+        run.log = read_log(directory / LOG_FILE, run.step)
+    except CLIError as exc:
+        raise CLIError(f"--resume: {exc}") from None
     return run
 
 
@@ -164,9 +167,7 @@ def read_log(path: Path, last_step: float) -> list[dict]:
             {k: None if k == "val_loss" and r[k] == "" else float(r[k]) for k in LOG_COLUMNS} for r in rows
         ]
     except (OSError, UnicodeDecodeError, csv.Error, KeyError, TypeError, ValueError) as exc:
-        raise CLIError(
-            f"--resume: {path} is damaged ({type(exc).__name__}: {exc}); remove it to start a new log"
-        ) from None
+        raise CLIError(f"{path} is damaged ({type(exc).__name__}: {exc}); remove it to start a new log") from None
     return [row for row in log if row["step"] <= last_step]
 
 
@@ -181,12 +182,9 @@ def write_log(directory: Path, log: list[dict]) -> None:
     atomic_write_text(directory / LOG_FILE, out.getvalue())
 
 
-def plot(directory: Path, log: list[dict]) -> bool:
-    """loss.png: training and validation loss against step. False when matplotlib is missing."""
-    try:
-        fig = plotting.figure(figsize=(7, 4), dpi=100)
-    except ImportError:
-        return False
+def plot(path: Path, log: list[dict]) -> None:
+    """loss.png at path: training and validation loss against step (ImportError without matplotlib)."""
+    fig = plotting.figure(figsize=(7, 4), dpi=100)
     ax = fig.subplots()
     batches = [r for r in log if r["val_loss"] is None]  # a training row: one batch's loss
     evals = [r for r in log if r["val_loss"] is not None]
@@ -199,6 +197,5 @@ def plot(directory: Path, log: list[dict]) -> bool:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    with atomic_path(directory / PLOT_FILE) as tmp:
+    with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
-    return True

@@ -33,17 +33,6 @@ from .trainer import Trainer
 SHAPE_FLAGS = {"n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd", "block_size": "n_ctx"}
 
 
-class DefaultsHelp(argparse.HelpFormatter):
-    """Each flag's help ends with its default, when it has one worth saying."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        shown = action.default is not None and action.default is not False and action.default != argparse.SUPPRESS
-        if shown and action.option_strings and "default" not in text:  # 0 and 0.0 are defaults too
-            text += " (default: %(default)s)"
-        return text
-
-
 FRESH_DEFAULTS = dict(tokenizer="char", n_layer=4, n_head=4, n_embd=128, block_size=64)  # a new model's
 MODEL_FLAGS = ("tokenizer", "n_layer", "n_head", "n_embd")  # what --init-from and --resume take from DIR
 # what --resume lets a command change, none of which changes the weights' path: the length of the run,
@@ -60,7 +49,7 @@ CHANGEABLE_ON_RESUME = {
 
 
 def parser(name: str) -> Parser:
-    p = command_parser(name, __doc__, formatter_class=DefaultsHelp)
+    p = command_parser(name, __doc__)
     p.add_argument("--data", metavar="FILE", help="a UTF-8 text file to learn (required; --resume: the saved run's)")
     p.add_argument("--out", required=True, metavar="DIR", help="where the model and its state go")
     p.add_argument(

@@ -20,7 +20,7 @@ import numpy as np
 from .model import GPT
 from .optim import AdamW, clip_grad_norm, lr_at
 from .params import Parameters
-from .run_files import Run, load_state, plot, save_state, write_log
+from .run_files import PLOT_FILE, Run, load_state, plot, save_state, write_log
 from .tokenizers import TOKENIZER_FILE, Tokenizer
 
 
@@ -203,7 +203,7 @@ class Trainer:
             self.tok.save(self.out / TOKENIZER_FILE)
         self.model.save_pretrained(self.out, eos_token_id=self.tok.eos_id)
         write_log(self.out, self.run.log)
-        plot(self.out, self.run.log)
+        plot(self.out / PLOT_FILE, self.run.log)
         self.saved_step = self.run.step
 
     def kept(self) -> str:

@@ -100,6 +100,26 @@ def test_help_prints_the_full_usage():
     assert proc.returncode == 0 and "usage: simple_llm" in proc.stdout and "--epochs" in proc.stdout
 
 
+@pytest.mark.parametrize("command", ["demo", "train", "generate", "chat", "eval", "explore", "inspect", "bench"])
+def test_every_flag_with_a_default_says_it_in_help(command):
+    """0 and 0.0 are defaults too (--dropout's, --sample-every's were hidden: 0.0 == False)."""
+    import argparse
+    import importlib
+
+    from simple_llm.cli import parser_of
+
+    p = importlib.import_module("simple_llm.demo").parser("demo") if command == "demo" else parser_of(command)
+    formatter = p._get_formatter()
+    for action in p._actions:
+        if action.option_strings and action.default not in (None, argparse.SUPPRESS) and action.default is not False:
+            help_text = formatter._get_help_string(action) % {"default": action.default}
+            assert "default" in help_text, (command, action.option_strings, help_text)
+    if command == "train":
+        assert "(default: %(default)s)" in formatter._get_help_string(p._option_string_actions["--dropout"])
+    if command == "eval":
+        assert p.parse_args(["--model", "m", "--data", "d", "--no-progress"]).no_progress
+
+
 def test_backend_is_reported_and_switchable():
     import os
     import subprocess

@@ -16,14 +16,21 @@ IMPORT_EVERYTHING = """
 import os, signal, sys
 before = (dict(os.environ), signal.getsignal(signal.SIGINT))
 import simple_llm, simple_llm.cli, simple_llm.train, simple_llm.inspection, simple_llm.bench, simple_llm.demo
-import simple_llm.generate
+import simple_llm.generate, simple_llm.explore, simple_llm.evaluate, simple_llm.plot
+# a training step on two shards: the BLAS is held to one thread (threadpoolctl) and given back
+import numpy as np
+model = simple_llm.GPT(simple_llm.GPTConfig(vocab_size=5, n_ctx=4, n_embd=4, n_head=1, n_layer=1))
+with simple_llm.parallel.single_threaded_blas():
+    pass
+model.loss_and_grads(np.zeros((2, 4), int), np.ones((2, 4), int))
+assert "threadpoolctl" in sys.modules
 after = (dict(os.environ), signal.getsignal(signal.SIGINT))
 changed = sorted(k for k in set(before[0]) | set(after[0]) if before[0].get(k) != after[0].get(k))
 print(changed, before[1] is after[1])
 """
 
 
-def test_importing_writes_no_environment_variable_and_no_signal_handler():
+def test_importing_and_training_write_no_environment_variable_and_no_signal_handler():
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMP_", "OPENBLAS_THREAD"))}
     out = subprocess.run([sys.executable, "-c", IMPORT_EVERYTHING], capture_output=True, text=True, env=env, check=True)
     assert out.stdout.split() == ["[]", "True"], out.stdout
@@ -39,13 +46,13 @@ def test_saving_never_touches_the_umask(tmp_path, monkeypatch):
 
 
 def test_drawing_keeps_the_users_matplotlib_backend(tmp_path):
-    matplotlib = pytest.importorskip("matplotlib")
+    import matplotlib
     from simple_llm.run_files import plot
 
     previous = matplotlib.get_backend()
     matplotlib.use("svg")
     try:
-        assert plot(tmp_path, [dict(step=s, train_loss=1.0 / s, val_loss=1.1 / s) for s in (1, 2, 3)])
+        plot(tmp_path / "loss.png", [dict(step=s, train_loss=1.0 / s, val_loss=1.1 / s) for s in (1, 2, 3)])
         assert matplotlib.get_backend() == "svg"
         assert (tmp_path / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     finally:

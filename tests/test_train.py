@@ -99,12 +99,22 @@ def test_a_tiny_run_learns_and_writes_everything(tmp_path):
     assert generated.stdout == "cdefghab\n"
 
 
-def test_loss_plot(tmp_path, text_file):
-    pytest.importorskip("matplotlib")
+def test_loss_plot_and_drawing_it_again(tmp_path, text_file):
     out = tmp_path / "run"
     train("--data", text_file, "--out", out, *TINY, "--max-steps", "4", "--eval-interval", "2")
     png = (out / "loss.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    (out / "loss.png").unlink()
+    proc = run_cli("plot", out)
+    assert proc.returncode == 0 and "drew 3 rows" in proc.stdout, proc.stderr  # evaluations at 0, 2 and 4
+    assert (out / "loss.png").read_bytes()[:8] == png[:8]
+    elsewhere = tmp_path / "elsewhere.png"
+    assert run_cli("plot", out, "--out", elsewhere).returncode == 0 and elsewhere.stat().st_size > 5000
+    assert_one_line_error(run_cli("plot", tmp_path), "holds no log.csv")
+    (out / "log.csv").write_text("step,lr,train_loss,val_loss,tokens_per_s\n", encoding="utf-8")
+    assert_one_line_error(run_cli("plot", out), "has no rows to draw")
+    (out / "log.csv").write_text("step,lr\n1,2\n", encoding="utf-8")
+    assert_one_line_error(run_cli("plot", out), "log.csv is damaged")
 
 
 @pytest.mark.parametrize("dropout", ["0.0", "0.1"])
