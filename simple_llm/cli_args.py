@@ -29,8 +29,8 @@ class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line (argparse prints the whole usage block), and each
     flag's help says its default."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, formatter_class=DefaultsHelp, **kwargs)
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**{"formatter_class": DefaultsHelp, **kwargs})
 
     def error(self, message: str) -> NoReturn:
         raise CLIError(message)

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from simple_llm import GPT, GPTConfig
 
@@ -47,6 +46,7 @@ def test_saving_never_touches_the_umask(tmp_path, monkeypatch):
 
 def test_drawing_keeps_the_users_matplotlib_backend(tmp_path):
     import matplotlib
+
     from simple_llm.run_files import plot
 
     previous = matplotlib.get_backend()
