@@ -6,7 +6,8 @@ attention weights, the logit lens, and generation streamed token by token. The s
 library's ThreadingHTTPServer: requests run at once, each on its own thread, and each generation has
 its own key/value cache (GPT.stream), so a long generation blocks nothing.
 
-    GET  /api/model     -> {"n_layer", "n_head", "n_embd", "vocab_size", "n_ctx", "tokenizer"}
+    GET  /api/model     -> {"n_layer", "n_head", "n_embd", "vocab_size", "n_ctx", "tokenizer", "example"
+                        (a prompt the page opens with)}
     POST /api/analyze   {"prompt", "top_k"=10, "temperature"=1.0, "layers"?} -> tokens, positions,
                         attention [n_layer][n_head][T][T] (null for layers not asked), logit_lens
     POST /api/generate  {"prompt", "max_new_tokens"=20, "temperature"=0.0, "top_k", "top_p", "seed"=0}
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import socket
 import sys
 import threading
 import webbrowser
@@ -35,11 +37,13 @@ from .cli_args import CLIError, Parser, command_parser, nonnegative_int
 from .model import GPT
 from .modeldir import load_model
 from .run_files import LOG_FILE, read_log
+from .sampling import tempered
 from .tokenizers import Tokenizer
 
 PAGE_DIR = Path(__file__).resolve().parent / "explorer"
 MAX_BODY = 1 << 20  # bytes of a request body
 LENS_TOP = 5
+EXAMPLES = ["The meaning of life is", "ROMEO: O", "Hello world", "こんにちは世界"]  # the page's first prompt
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css"}
 
 
@@ -66,13 +70,27 @@ class Explorer:
 
     def __init__(self, model: GPT, tok: Tokenizer, directory: Path):
         self.model, self.tok, self.directory = model, tok, directory
+        self.example = self.example_prompt()
 
     def info(self) -> dict:
         c = self.model.config
         return dict(
             n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size, n_ctx=c.n_ctx,
-            tokenizer=self.tok.kind,
+            tokenizer=self.tok.kind, example=self.example,
         )  # fmt: skip
+
+    def example_prompt(self) -> str:
+        """A prompt the page opens with: a usual one this tokenizer reads as it is, else the model's own
+        greedy text from its first token."""
+        for text in EXAMPLES:
+            try:
+                if self.tok.decode(self.tok.encode(text)) == text:
+                    return text
+            except ValueError:  # a character or word this vocabulary lacks
+                continue
+        start = self.tok.eos_id if self.tok.eos_id is not None else 0
+        out = self.model.generate(np.array([[start]]), 16, temperature=0.0)[0, 1:]
+        return self.tok.decode([int(t) for t in out if t != self.tok.eos_id]) or self.tok.token_text(0)
 
     def prompt_ids(self, body: dict) -> tuple[list[int], bool]:
         """The prompt's ids, cropped to the last n_ctx (and whether it was)."""
@@ -99,7 +117,7 @@ class Explorer:
             raise BadRequest(f"layers must be layer numbers in [0, {L})")
         steps = dict(self.model.trace(np.array([ids])))
         logits = steps["logits = ln_f @ wte^T"][0].astype(np.float64)  # (T, V)
-        probs, probs_t = _softmax(logits), _softmax(logits / temperature)
+        probs, probs_t = _softmax(logits), _softmax(tempered(logits.copy(), temperature))
         top_k = min(top_k, logits.shape[1])
         positions = []
         for t in range(len(ids)):
@@ -136,7 +154,7 @@ class Explorer:
         temperature = _field(body, "temperature", (int, float), 0.0, lambda t: 0 <= t < math.inf, "a number >= 0")
         top_k = _field(body, "top_k", int, None, lambda k: k >= 1, "an integer >= 1")
         top_p = _field(body, "top_p", (int, float), None, lambda p: 0 < p <= 1, "a number in (0, 1]")
-        seed = _field(body, "seed", int, 0, must="an integer")
+        seed = _field(body, "seed", int, 0, lambda s: 0 <= s < 2**128, "an integer in [0, 2**128)")
         steps = self.model.stream(np.array([ids]), n, temperature, top_k, seed, top_p, stop_token=self.tok.eos_id)
         return ids, (int(step.tokens[0]) for step in steps)
 
@@ -160,14 +178,20 @@ def _softmax(z: np.ndarray) -> np.ndarray:
 
 
 class Handler(BaseHTTPRequestHandler):
-    explorer: Explorer  # set on the class made for each server
+    """The HTTP side: only this machine's page may call it (Host and Origin checked, JSON POSTs only:
+    a page on another site can neither drive the model nor, through DNS rebinding, read it); a
+    request must arrive within TIMEOUT seconds."""
+
+    explorer: Explorer  # set on the class made for each server, with hosts: the Host names served
+    hosts: frozenset[str]
     server_version = "simple_llm-explore"
+    timeout: float  # seconds for the request line, headers and body: a stalled client frees its thread
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: the terminal shows the URL only
         pass
 
     def send_json(self, value: Any, status: int = 200) -> None:
-        data = json.dumps(value).encode("utf-8")
+        data = json.dumps(value, allow_nan=False).encode("utf-8")  # NaN is not JSON: a bug, never sent
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -177,7 +201,24 @@ class Handler(BaseHTTPRequestHandler):
     def error(self, status: int, message: str) -> None:
         self.send_json({"error": message}, status)
 
+    def refusal(self, post: bool) -> tuple[int, str] | None:
+        """(status, message) for a request this server must not answer, else None."""
+        if "\x00" in self.path or not self.path.startswith("/"):
+            return 400, "the path is not a path"
+        host = (self.headers.get("Host") or "").strip().lower()
+        if _host_name(host) not in self.hosts:
+            return 403, f"this server answers only for {', '.join(sorted(self.hosts))}, not Host {host!r}"
+        origin = self.headers.get("Origin")
+        if origin is not None and origin.lower() not in {f"http://{host}", f"https://{host}"}:
+            return 403, f"requests from the page of another site ({origin}) are refused"
+        kind = (self.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+        if post and kind != "application/json":
+            return 403, f"a POST must be Content-Type: application/json, not {kind or 'none'!r}"
+        return None
+
     def do_GET(self) -> None:
+        if refused := self.refusal(post=False):
+            return self.error(*refused)
         path = self.path.split("?", 1)[0]
         if path == "/api/model":
             return self.send_json(self.explorer.info())
@@ -198,12 +239,17 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         routes = {"/api/analyze", "/api/generate", "/api/generate/stream"}
+        if refused := self.refusal(post=True):
+            self.close_connection = True  # its body, if any, is not read
+            return self.error(*refused)
         if self.path not in routes:
+            self.close_connection = True
             return self.error(404, f"no such route: {self.path}")
-        try:
-            length = int(self.headers.get("Content-Length") or 0)
-        except ValueError:
-            return self.error(400, "Content-Length is not a number")
+        text = self.headers.get("Content-Length") or "0"
+        if not text.isdecimal():
+            self.close_connection = True
+            return self.error(400, f"Content-Length must be a number of bytes, not {text!r}")
+        length = int(text)
         if length > MAX_BODY:
             left = min(length, 64 * MAX_BODY)  # read it off (not keep it): the client is not cut off
             while left > 0 and (chunk := self.rfile.read(min(left, 65536))):  # while it sends
@@ -221,6 +267,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.stream(body)
         except (json.JSONDecodeError, UnicodeDecodeError):
             return self.error(400, "the body is not JSON")
+        except RecursionError:
+            return self.error(400, "the body is not JSON this server reads: it is nested too deep")
         except BadRequest as exc:
             return self.error(400, str(exc))
         except ValueError as exc:  # the model's own checks (a token id out of range, say)
@@ -245,11 +293,34 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
-def serve(explorer: Explorer, host: str, port: int) -> ThreadingHTTPServer:
-    handler = type("ExplorerHandler", (Handler,), {"explorer": explorer})
-    server = ThreadingHTTPServer((host, port), handler)
-    server.daemon_threads = True
-    return server
+def _host_name(host: str) -> str:
+    """The name in a Host header: 'localhost:8000' -> 'localhost', '[::1]:8000' -> '[::1]'."""
+    return host[: host.find("]") + 1] if host.startswith("[") else host.split(":", 1)[0]
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128  # the listen backlog: the page's requests and a few scripts' at once
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away gets one line on stderr, not a traceback."""
+        exc = sys.exc_info()[1]
+        if isinstance(exc, (ConnectionError, TimeoutError)):
+            print(f"explore: {client_address[0]}: the client went away ({type(exc).__name__})", file=sys.stderr)
+        else:
+            super().handle_error(request, client_address)
+
+
+def serve(explorer: Explorer, host: str, port: int, timeout: float = 10.0) -> ThreadingHTTPServer:
+    """A server of the page and API on host:port (0: a free port), not yet started; a request must
+    arrive within timeout seconds."""
+    hosts = {"127.0.0.1", "localhost", "[::1]", host.lower() if ":" not in host else f"[{host.lower()}]"}
+    fields = {"explorer": explorer, "hosts": frozenset(hosts), "timeout": timeout}
+    handler = type("ExplorerHandler", (Handler,), fields)
+    server_class = Server
+    if ":" in host:  # IPv6
+        server_class = type("Server6", (Server,), {"address_family": socket.AF_INET6})
+    return server_class((host, port), handler)
 
 
 def parser(name: str) -> Parser:

@@ -21,6 +21,16 @@ class GenerationStep:
     probs: np.ndarray
 
 
+def tempered(logits: np.ndarray, temperature: float) -> np.ndarray:
+    """(logits - their row maximum) / temperature, in place (float64): the same softmax as
+    logits / temperature, but finite for any temperature > 0 (1e-310 included, where logits /
+    temperature overflow to inf and the softmax to NaN); the limit is greedy."""
+    logits -= logits.max(axis=-1, keepdims=True)
+    with np.errstate(over="ignore"):  # to -inf: a probability of exactly 0
+        logits /= temperature
+    return logits
+
+
 class Sampler:
     """Turns logits (B, V) into (probs (B, V), tokens (B,)), seeded and reproducible.
 
@@ -50,7 +60,7 @@ class Sampler:
         if self.temperature == 0.0:
             K.softmax_forward(z, z)
             return z, np.argmax(logits, axis=-1)  # the first of equal maxima, as torch.argmax
-        z /= self.temperature
+        z = tempered(z, self.temperature)
         if self.top_k is not None and self.top_k < z.shape[-1]:
             kth = np.partition(z, -self.top_k, axis=-1)[:, -self.top_k, None]
             z[z < kth] = -np.inf

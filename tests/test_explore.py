@@ -32,7 +32,7 @@ def model_dir(tmp_path_factory):
 def server(model_dir):
     """(host, port) of an explorer serving model_dir in this process."""
     model, tok = GPT.from_pretrained(model_dir), CharTokenizer.load(model_dir)
-    httpd = serve(Explorer(model, tok, model_dir), "127.0.0.1", 0)
+    httpd = serve(Explorer(model, tok, model_dir), "127.0.0.1", 0, timeout=1.0)
     thread = threading.Thread(target=httpd.serve_forever, daemon=True)
     thread.start()
     yield httpd.server_address[:2]
@@ -59,7 +59,9 @@ def softmax(z):
 def test_model_route(server, model_dir):
     status, info = request(server, "GET", "/api/model")
     assert status == 200
+    example = info.pop("example")
     assert info == {"n_layer": 2, "n_head": 2, "n_embd": 16, "vocab_size": 15, "n_ctx": 24, "tokenizer": "char"}
+    assert example == "Hello world"  # the first usual prompt that this vocabulary spells
 
 
 def test_analyze_is_the_models_own_computation(server, model_dir):
@@ -129,6 +131,10 @@ def test_generate_is_greedy_generation(server, model_dir):
         ("/api/analyze", b'{"prompt": "abc", "layers": [9]}', 400, "layers must be"),
         ("/api/generate", b'{"prompt": "abc", "max_new_tokens": 0}', 400, "max_new_tokens must be"),
         ("/api/generate", b'{"prompt": "abc", "top_p": 2}', 400, "top_p must be"),
+        ("/api/generate", b'{"prompt": "abc", "seed": -1}', 400, "seed must be"),
+        ("/api/generate", b'{"prompt": "abc", "seed": 1.5}', 400, "seed must be"),
+        ("/api/analyze", b"[" * 100_000 + b"]" * 100_000, 400, "nested too deep"),
+        ("/api/analyze", b'{"prompt": {"a": ' * 50_000 + b"1" + b"}" * 50_000, 400, "nested too deep"),
         ("/api/nothing", b"{}", 404, "no such route"),
         ("/api/analyze", b'{"prompt": "' + b"a" * (1 << 20) + b'"}', 413, "over"),
     ],
@@ -175,7 +181,8 @@ def test_concurrent_requests_give_what_they_give_alone(server):
 
 def test_a_long_generation_does_not_block_the_model_route(server):
     conn = http.client.HTTPConnection(*server, timeout=30)
-    conn.request("POST", "/api/generate/stream", body=json.dumps({"prompt": "a", "max_new_tokens": 5000}))
+    body = json.dumps({"prompt": "a", "max_new_tokens": 5000})
+    conn.request("POST", "/api/generate/stream", body=body, headers={"Content-Type": "application/json"})
     response = conn.getresponse()
     response.readline()  # the generation is running
     assert request(server, "GET", "/api/model")[0] == 200
@@ -231,3 +238,112 @@ def test_analyze_matches_transformers(tmp_path):
             np.testing.assert_allclose([c["prob"] for c in position], probs[top], rtol=1e-9)
     p = softmax(result.logits[0].numpy())
     np.testing.assert_allclose([c["prob"] for c in out["positions"][-1]["top"]], np.sort(p[-1])[::-1][:5], rtol=1e-9)
+
+
+def raw_exchange(server, data: bytes, wait: float = 5.0) -> bytes:
+    """Send bytes as they are; what comes back until the server closes (or wait seconds)."""
+    import socket
+
+    with socket.create_connection(server, timeout=wait) as sock:
+        sock.sendall(data)
+        got = b""
+        try:
+            while chunk := sock.recv(65536):
+                got += chunk
+        except TimeoutError:
+            pass
+    return got
+
+
+def post_headers(path, length, **extra):
+    lines = [f"POST {path} HTTP/1.1", "Host: 127.0.0.1", "Content-Type: application/json", f"Content-Length: {length}"]
+    lines += [f"{k.replace('_', '-')}: {v}" for k, v in extra.items()]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+@pytest.mark.parametrize(
+    "method, headers, status, fragment",
+    [
+        ("GET", {"Host": "evil.example"}, 403, "not Host 'evil.example'"),
+        ("GET", {"Host": "evil.example:8000"}, 403, "not Host"),
+        ("GET", {"Host": "127.0.0.1.evil.example"}, 403, "not Host"),
+        ("POST", {"Host": "evil.example", "Content-Type": "application/json"}, 403, "not Host"),
+        ("POST", {"Origin": "http://evil.example", "Content-Type": "application/json"}, 403, "another site"),
+        ("POST", {"Origin": "null", "Content-Type": "application/json"}, 403, "another site"),
+        ("POST", {"Content-Type": "text/plain"}, 403, "application/json, not 'text/plain'"),
+        ("POST", {"Content-Type": "application/x-www-form-urlencoded"}, 403, "application/json"),
+        ("POST", {}, 403, "not 'none'"),
+    ],
+)
+def test_only_this_machines_page_is_answered(server, method, headers, status, fragment):
+    """A page on any web site could otherwise drive the model (a form or a text/plain fetch needs no
+    permission), and read its answers through DNS rebinding."""
+    conn = http.client.HTTPConnection(*server, timeout=10)
+    body = json.dumps({"prompt": "abc", "max_new_tokens": 2}).encode() if method == "POST" else None
+    conn.putrequest(method, "/api/generate" if method == "POST" else "/api/model", skip_host="Host" in headers)
+    for k, v in headers.items():
+        conn.putheader(k, v)
+    if body:
+        conn.putheader("Content-Length", str(len(body)))
+    conn.endheaders(body)
+    response = conn.getresponse()
+    out = json.loads(response.read())
+    conn.close()
+    assert response.status == status and fragment in out["error"] and "\n" not in out["error"], out
+
+
+def test_the_page_own_host_and_origin_are_answered(server):
+    host, port = server
+    for name in (f"127.0.0.1:{port}", f"localhost:{port}", "localhost", f"[::1]:{port}"):
+        conn = http.client.HTTPConnection(host, port, timeout=10)
+        body = json.dumps({"prompt": "abc", "max_new_tokens": 2})
+        conn.putrequest("POST", "/api/generate", skip_host=True)
+        for k, v in {"Host": name, "Origin": f"http://{name}", "Content-Type": "application/json; charset=utf-8",
+                     "Content-Length": str(len(body))}.items():  # fmt: skip
+            conn.putheader(k, v)
+        conn.endheaders(body.encode())
+        assert conn.getresponse().status == 200, name
+        conn.close()
+
+
+def test_misbehaving_clients_get_a_400_or_are_let_go_in_bounded_time(server):
+    import time
+
+    got = raw_exchange(server, post_headers("/api/analyze", -1))
+    assert b" 400 " in got.split(b"\r\n")[0] and b"Content-Length must be a number" in got
+    got = raw_exchange(server, post_headers("/api/analyze", "12abc"))
+    assert b" 400 " in got.split(b"\r\n")[0]
+    got = raw_exchange(server, b"GET /a\x00b HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    assert b" 400 " in got.split(b"\r\n")[0] and b"not a path" in got
+    start = time.monotonic()  # a body that never comes: the server lets go after its timeout (1 s here)
+    got = raw_exchange(server, post_headers("/api/analyze", 100) + b'{"prompt"', wait=10)
+    assert time.monotonic() - start < 5
+    start = time.monotonic()  # headers that never end, likewise
+    raw_exchange(server, b"GET /api/model HTTP/1.1\r\nHost: 127.0.0.1\r\n", wait=10)
+    assert time.monotonic() - start < 5
+
+
+def test_fifty_clients_at_once_are_all_answered(server):
+    with ThreadPoolExecutor(50) as pool:
+        statuses = list(pool.map(lambda _: request(server, "GET", "/api/model")[0], range(50)))
+    assert statuses == [200] * 50
+
+
+def test_a_client_that_went_away_is_one_line_not_a_traceback(capsys):
+    from simple_llm.explore import Server
+
+    server = Server.__new__(Server)  # handle_error reads nothing of the server's own
+    try:
+        raise BrokenPipeError(32, "Broken pipe")
+    except BrokenPipeError:
+        server.handle_error(None, ("127.0.0.1", 5555))
+    err = capsys.readouterr().err
+    assert err == "explore: 127.0.0.1: the client went away (BrokenPipeError)\n"
+
+
+def test_a_tiny_temperature_answers_finite_json(server):
+    for t in (1e-310, 5e-324):
+        status, out = request(server, "POST", "/api/analyze", {"prompt": "Hello", "temperature": t, "top_k": 3})
+        assert status == 200
+        probs = [c["prob"] for position in out["positions"] for c in position["top"]]
+        assert all(p in (0.0, 1.0) for p in probs) and 1.0 in probs

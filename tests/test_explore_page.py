@@ -76,9 +76,16 @@ def browser():
 
 
 def wait(condition, timeout=20.0):
+    """condition()'s first truthy value. An element that the page redrew between being found and being
+    read (StaleElementReferenceException) is a moment of redrawing, not an answer: ask again."""
+    from selenium.common.exceptions import StaleElementReferenceException
+
     end = time.monotonic() + timeout
     while time.monotonic() < end:
-        value = condition()
+        try:
+            value = condition()
+        except StaleElementReferenceException:
+            value = None
         if value:
             return value
         time.sleep(0.1)
@@ -93,9 +100,8 @@ def screenshot(browser, name):
 
 
 def api(url, path, body):
-    request = urllib.request.Request(
-        url + path, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(url + path, data=data, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request) as response:
         return json.loads(response.read())
 
@@ -107,8 +113,15 @@ def test_the_page_end_to_end(site, browser):
     url, _, tok = site
     browser.get(url + "/")
     wait(lambda: "layers" in browser.find_element(By.ID, "model-info").text)
-    prompt = "the cat sat on the mat. the cat"
+    # it opens with an example prompt, analysed: every panel shows something
     box = browser.find_element(By.ID, "prompt")
+    example = api(url, "/api/model", None)["example"]
+    assert box.get_attribute("value") == example
+    opening = wait(lambda: [int(c.get_attribute("data-id")) for c in browser.find_elements(By.CLASS_NAME, "token")])
+    assert opening == tok.encode(example)
+    assert wait(lambda: browser.find_elements(By.CSS_SELECTOR, "#attention rect.weight"))
+    prompt = "the cat sat on the mat. the cat"
+    box.clear()
     box.send_keys(prompt)
     # typing renders the chips: one per token, with the token's id
     chips = wait(lambda: (c := browser.find_elements(By.CLASS_NAME, "token")) and len(c) == len(prompt) and c)

@@ -343,6 +343,19 @@ def test_temperature_divides_the_logits():
         np.testing.assert_allclose(probs, e / e.sum(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("t", [1e-300, 1e-310, 5e-324])
+def test_any_temperature_above_0_gives_finite_probabilities(t):
+    """logits / 1e-310 overflow to inf and the softmax to NaN; the limit of a tiny temperature is greedy
+    (shared among equal maxima)."""
+    from simple_llm.sampling import Sampler
+
+    probs, tokens = Sampler(temperature=t, seed=0)(np.array([[1.0, 3.0, 2.0], [5.0, -1.0, 5.0]]))
+    np.testing.assert_array_equal(probs, [[0, 1, 0], [0.5, 0, 0.5]])
+    assert tokens[0] == 1 and tokens[1] in (0, 2)
+    probs, tokens = Sampler(temperature=t, top_k=2, top_p=0.9, seed=0)(np.array([[1.0, 3.0, 2.0]]))
+    np.testing.assert_array_equal(probs, [[0, 1, 0]])
+
+
 def test_top_p_keeps_tokens_until_the_sum_reaches_p_exactly():
     """probabilities 1/2, 1/4, 1/8, 1/8 (exact in binary): top_p 0.75 is reached by the first two,
     so the third is out; any p above 0.75 keeps the third."""

@@ -190,7 +190,7 @@ async function generate() {
     seed: Math.floor(Math.random() * 1e9),
   };
   try {
-    const response = await fetch("/api/generate/stream", { method: "POST", body: JSON.stringify(body), signal: controller.signal });
+    const response = await fetch("/api/generate/stream", { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal: controller.signal });
     if (!response.ok) throw new Error((await response.json()).error);
     const reader = response.body.getReader();
     const decoder = new TextDecoder();
@@ -223,25 +223,50 @@ async function generate() {
 
 // the training log -------------------------------------------------------------------------------
 
+function ticks(lo, hi, count) {  // round values (1, 2 or 5 times a power of ten) spanning [lo, hi]
+  const raw = Math.max(hi - lo, 1e-9) / count;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw);
+  const values = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) values.push(Number(v.toPrecision(12)));
+  return values;
+}
+
 async function drawLog() {
   const rows = await api("/api/log");
   if (!rows.length) return;
   $("training-view").hidden = false;
   const chart = $("loss-chart");
   chart.replaceChildren();
-  const width = 800, height = 240, pad = 40;
+  const width = 800, height = 260, left = 60, right = 20, top = 24, bottom = 44;
   chart.setAttribute("viewBox", `0 0 ${width} ${height}`);
   const steps = rows.map((r) => r.step), losses = rows.flatMap((r) => [r.train_loss, r.val_loss]).filter((v) => v !== null);
-  const x = (s) => pad + (width - 2 * pad) * (s - Math.min(...steps)) / Math.max(1, Math.max(...steps) - Math.min(...steps));
-  const lo = Math.min(...losses), hi = Math.max(...losses);
-  const y = (v) => height - pad - (height - 2 * pad) * (v - lo) / Math.max(1e-9, hi - lo);
-  const series = [["train_loss", "#4a78c2", (r) => r.val_loss === null], ["train_loss", "#1b3f85", (r) => r.val_loss !== null], ["val_loss", "#e0531c", (r) => r.val_loss !== null]];
-  for (const [key, colour, keep] of series) {
-    const points = rows.filter(keep).map((r) => `${x(r.step).toFixed(1)},${y(r[key]).toFixed(1)}`);
-    if (points.length) svg("polyline", { points: points.join(" "), fill: "none", stroke: colour, "stroke-width": 2 }, chart);
+  const s0 = Math.min(...steps), s1 = Math.max(s0 + 1, Math.max(...steps));
+  const lo = Math.min(...losses), hi = Math.max(lo + 1e-6, Math.max(...losses));
+  const x = (s) => left + (width - left - right) * (s - s0) / (s1 - s0);
+  const y = (v) => height - bottom - (height - top - bottom) * (v - lo) / (hi - lo);
+  // axes, with round tick values and their grid lines
+  svg("line", { x1: left, y1: height - bottom, x2: width - right, y2: height - bottom, class: "axis" }, chart);
+  svg("line", { x1: left, y1: top, x2: left, y2: height - bottom, class: "axis" }, chart);
+  for (const v of ticks(s0, s1, 8)) {
+    svg("line", { x1: x(v), y1: top, x2: x(v), y2: height - bottom, class: "grid" }, chart);
+    svg("text", { x: x(v), y: height - bottom + 16, "text-anchor": "middle", class: "tick-x" }, chart).textContent = String(v);
   }
-  svg("text", { x: pad, y: 14 }, chart).textContent = `loss ${lo.toFixed(3)} – ${hi.toFixed(3)}; blue: training, red: validation`;
-  svg("text", { x: width - pad, y: height - 8, "text-anchor": "end" }, chart).textContent = `step ${Math.max(...steps)}`;
+  for (const v of ticks(lo, hi, 5)) {
+    svg("line", { x1: left, y1: y(v), x2: width - right, y2: y(v), class: "grid" }, chart);
+    svg("text", { x: left - 6, y: y(v) + 4, "text-anchor": "end", class: "tick-y" }, chart).textContent = String(v);
+  }
+  svg("text", { x: (left + width - right) / 2, y: height - 6, "text-anchor": "middle", class: "axis-title" }, chart).textContent = "step";
+  svg("text", { x: 14, y: (top + height - bottom) / 2, "text-anchor": "middle", transform: `rotate(-90 14 ${(top + height - bottom) / 2})`, class: "axis-title" }, chart).textContent = "loss (nats)";
+  const series = [["train_loss", "#4a78c2", (r) => r.val_loss === null, "training (one batch)"], ["train_loss", "#1b3f85", (r) => r.val_loss !== null, "training (estimate)"], ["val_loss", "#e0531c", (r) => r.val_loss !== null, "validation"]];
+  let legend = left + 10;
+  for (const [key, colour, keep, name] of series) {
+    const points = rows.filter(keep).map((r) => `${x(r.step).toFixed(1)},${y(r[key]).toFixed(1)}`);
+    if (!points.length) continue;
+    svg("polyline", { points: points.join(" "), fill: "none", stroke: colour, "stroke-width": 2, class: "series" }, chart);
+    svg("text", { x: legend, y: 16, fill: colour }, chart).textContent = name;
+    legend += 8 * name.length + 24;
+  }
 }
 
 // start ------------------------------------------------------------------------------------------
@@ -263,6 +288,8 @@ async function start() {
   $("stop").addEventListener("click", () => state.controller && state.controller.abort());
   drawLog();
   setInterval(drawLog, 5000);
+  if (!$("prompt").value) $("prompt").value = i.example;  // every panel shows something from the start
+  analyze();
 }
 
 start();
