@@ -185,7 +185,7 @@ class Handler(BaseHTTPRequestHandler):
     explorer: Explorer  # set on the class made for each server, with hosts: the Host names served
     hosts: frozenset[str]
     server_version = "simple_llm-explore"
-    timeout: float  # seconds for the request line, headers and body: a stalled client frees its thread
+    timeout = 10.0  # seconds for the request line, headers and body (serve's): a stalled client lets go
 
     def log_message(self, format: str, *args: Any) -> None:  # quiet: the terminal shows the URL only
         pass
@@ -293,6 +293,10 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
+class Server6(Server):
+    address_family = socket.AF_INET6
+
+
 def _host_name(host: str) -> str:
     """The name in a Host header: 'localhost:8000' -> 'localhost', '[::1]:8000' -> '[::1]'."""
     return host[: host.find("]") + 1] if host.startswith("[") else host.split(":", 1)[0]
@@ -317,9 +321,7 @@ def serve(explorer: Explorer, host: str, port: int, timeout: float = 10.0) -> Th
     hosts = {"127.0.0.1", "localhost", "[::1]", host.lower() if ":" not in host else f"[{host.lower()}]"}
     fields = {"explorer": explorer, "hosts": frozenset(hosts), "timeout": timeout}
     handler = type("ExplorerHandler", (Handler,), fields)
-    server_class = Server
-    if ":" in host:  # IPv6
-        server_class = type("Server6", (Server,), {"address_family": socket.AF_INET6})
+    server_class = Server6 if ":" in host else Server
     return server_class((host, port), handler)
 
 
