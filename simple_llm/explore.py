@@ -293,10 +293,6 @@ class Handler(BaseHTTPRequestHandler):
         self.close_connection = True
 
 
-class Server6(Server):
-    address_family = socket.AF_INET6
-
-
 def _host_name(host: str) -> str:
     """The name in a Host header: 'localhost:8000' -> 'localhost', '[::1]:8000' -> '[::1]'."""
     return host[: host.find("]") + 1] if host.startswith("[") else host.split(":", 1)[0]
@@ -313,6 +309,10 @@ class Server(ThreadingHTTPServer):
             print(f"explore: {client_address[0]}: the client went away ({type(exc).__name__})", file=sys.stderr)
         else:
             super().handle_error(request, client_address)
+
+
+class Server6(Server):
+    address_family = socket.AF_INET6
 
 
 def serve(explorer: Explorer, host: str, port: int, timeout: float = 10.0) -> ThreadingHTTPServer:
