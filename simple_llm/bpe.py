@@ -10,12 +10,13 @@ Not handled: normalisation (NFC etc.) and the unpaired surrogates that UTF-8 can
 
 from __future__ import annotations
 
+import heapq
+import operator
 import os
-import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from functools import lru_cache
-from itertools import pairwise
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,6 @@ PATTERNS = {
     "gpt2": r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}++| ?\p{N}++| ?[^\s\p{L}\p{N}]++|\s++$|\s+(?!\S)|\s""",
     "gpt4": r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",  # noqa: E501
 }
-NO_MERGE = sys.maxsize  # the rank of a pair that is not a token
 CACHE_LIMIT = 200_000  # pieces whose encoding is remembered (repeated words are most of any text)
 
 
@@ -89,29 +89,49 @@ def split_pieces(text: str, rx: regex.Pattern | None) -> list[str]:
     return rx.findall(text) if rx is not None else text.splitlines(keepends=True)
 
 
+BYTES = [bytes([b]) for b in range(256)]
+
+
 def merge_piece(piece: bytes, ranks: Mapping[bytes, int]) -> list[int]:
     """The token ids of one piece: merge the lowest-ranked adjacent pair (the leftmost of equals)
     until none merges.
 
+    The pairs wait in a heap by (rank, position), so a piece of n bytes takes O(n log n), not the
+    O(n^2) of rescanning every pair after each merge (a 40 kB word without spaces: 0.05 s, not 25 s).
+    parts[i] is the token starting at byte i (None once merged into its left neighbour); nxt and prv
+    link the tokens still there. A heap entry whose pair has changed since is stale and skipped.
+
     >>> merge_piece(b"abc", {b"a": 0, b"b": 1, b"c": 2, b"bc": 3, b"abc": 4})
     [4]
     """
-    parts = [piece[i : i + 1] for i in range(len(piece))]
-    # pair_ranks[i] is the rank of parts[i] + parts[i + 1]; a merge changes only its two neighbours,
-    # and min() / index() find the next merge at C speed.
-    pair_ranks = [ranks.get(a + b, NO_MERGE) for a, b in pairwise(parts)]
-    while pair_ranks:
-        best = min(pair_ranks)
-        if best == NO_MERGE:
-            break
-        i = pair_ranks.index(best)
-        parts[i : i + 2] = [parts[i] + parts[i + 1]]
-        del pair_ranks[i]
-        if i > 0:
-            pair_ranks[i - 1] = ranks.get(parts[i - 1] + parts[i], NO_MERGE)
-        if i < len(pair_ranks):
-            pair_ranks[i] = ranks.get(parts[i] + parts[i + 1], NO_MERGE)
-    return [ranks[p] for p in parts]
+    parts: list[bytes | None] = list(map(BYTES.__getitem__, piece))
+    n = len(parts)
+    if n < 2:
+        return [ranks[p] for p in parts]  # type: ignore[index]
+    nxt, prv = list(range(1, n + 1)), list(range(-1, n - 1))
+    get = ranks.get
+    pair = list(map(get, map(operator.add, parts, parts[1:]), repeat(-1, n - 1)))  # the rank at i; -1: none
+    pair.append(-1)
+    heap = [r * n + i for i, r in enumerate(pair) if r >= 0]  # (rank, position) as one int: faster
+    heapq.heapify(heap)
+    while heap:
+        rank, i = divmod(heapq.heappop(heap), n)
+        if pair[i] != rank:  # stale: that pair has changed since
+            continue
+        j = nxt[i]
+        parts[i] = merged = parts[i] + parts[j]  # type: ignore[operator]
+        parts[j], pair[j], pair[i] = None, -1, -1
+        nxt[i] = k = nxt[j]
+        if k < n:
+            prv[k] = i
+            if (r := get(merged + parts[k], -1)) >= 0:  # type: ignore[operator]
+                pair[i] = r
+                heapq.heappush(heap, r * n + i)
+        if (p := prv[i]) >= 0:
+            pair[p] = r = get(parts[p] + merged, -1)  # type: ignore[operator]
+            if r >= 0:
+                heapq.heappush(heap, r * n + p)
+    return [ranks[p] for p in parts if p is not None]
 
 
 class ByteLevelBPE(Tokenizer):

@@ -90,6 +90,8 @@ def read_json_object(path: str | os.PathLike, what: str) -> dict[str, Any]:
         raise ValueError(f"{what} {path} does not exist") from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{what} {path} is damaged: {exc}") from None
+    except RecursionError:
+        raise ValueError(f"{what} {path} is damaged: its JSON is nested too deep") from None
     if not isinstance(value, dict):
         raise ValueError(f"{what} {path} is damaged: not a JSON object")
     return value

@@ -35,6 +35,39 @@ def test_merge_piece_prefers_the_lowest_rank():
     assert merge_piece(b"bcab", ranks) == [256 + 1, 256]  # bc and ab; 'bcab' is no token
 
 
+def naive_merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
+    """BPE as written in the papers: rescan every pair, merge the leftmost of the lowest rank."""
+    parts = [piece[i : i + 1] for i in range(len(piece))]
+    while True:
+        found = [(ranks[a + b], i) for i, (a, b) in enumerate(zip(parts, parts[1:])) if a + b in ranks]
+        if not found:
+            return [ranks[p] for p in parts]
+        _, i = min(found)
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=40), st.lists(st.binary(min_size=2, max_size=4), max_size=30), st.randoms())
+def test_merge_piece_is_plain_bpe(piece, tokens, rnd):
+    """The heap of merge_piece against the rescanning definition, on a small alphabet so that merges,
+    ties and overlapping pairs are common."""
+    piece = bytes(b % 3 + 97 for b in piece)
+    ranks = {bytes([b]): b for b in range(256)}
+    for t in tokens:  # rank order random; every token made of two existing ones, as BPE's are
+        t = bytes(b % 3 + 97 for b in t)
+        cut = rnd.randrange(1, len(t))
+        if t[:cut] in ranks and t[cut:] in ranks:
+            ranks.setdefault(t, 256 + len(ranks))
+    assert merge_piece(piece, ranks) == naive_merge(piece, ranks)
+
+
+def test_a_long_word_is_not_quadratic():
+    """160 kB of letters without a space is one piece: rescanning took minutes; the heap, a moment."""
+    ranks = {bytes([b]): b for b in range(256)} | {b"ab": 256, b"abab": 257, b"ba": 258}
+    assert merge_piece(b"ab" * 80_000, ranks) == [257] * 40_000
+    assert merge_piece(b"b" + b"ab" * 80_000, ranks) == [ord("b")] + [257] * 40_000  # ab (256) before ba (258)
+
+
 @pytest.mark.parametrize("pattern", ["gpt2", "gpt4", None])
 def test_training_round_trip_and_save(tmp_path, pattern):
     tok = BPETokenizer.train(SAMPLE * 5, vocab_size=300, pattern=pattern)
