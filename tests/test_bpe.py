@@ -4,6 +4,7 @@ load, special tokens, and the pre-tokenisation patterns."""
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 import pytest
 from hypothesis import given, settings
@@ -39,7 +40,7 @@ def naive_merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
     """BPE as written in the papers: rescan every pair, merge the leftmost of the lowest rank."""
     parts = [piece[i : i + 1] for i in range(len(piece))]
     while True:
-        found = [(ranks[a + b], i) for i, (a, b) in enumerate(zip(parts, parts[1:])) if a + b in ranks]
+        found = [(ranks[a + b], i) for i, (a, b) in enumerate(pairwise(parts)) if a + b in ranks]
         if not found:
             return [ranks[p] for p in parts]
         _, i = min(found)
