@@ -24,7 +24,7 @@ import regex
 
 from .bpe_merges import learn_merges
 from .fileio import read_json_object
-from .tokenizers import Tokenizer, TokenizerError
+from .tokenizers import Tokenizer, TokenizerError, string_list
 
 ENDOFTEXT = "<|endoftext|>"
 # tiktoken's spellings of the pre-tokenisation patterns (possessive quantifiers; the `regex` module
@@ -261,17 +261,28 @@ class BPETokenizer(ByteLevelBPE):
             "merges": [f"{to_printable(vocab[a])} {to_printable(vocab[b])}" for a, b in self.merges],
         }
 
+    fields = ("pattern", "special_tokens", "merges")
+
     @classmethod
     def _from_state(cls, state: dict[str, Any]) -> Tokenizer:
+        pattern = state.get("pattern")
+        if pattern is not None and not isinstance(pattern, str):
+            raise TokenizerError(f"'pattern' must be a string or null, not {type(pattern).__name__}")
+        specials = string_list(state, "special_tokens", [])
         vocab = [bytes([b]) for b in range(256)]
         ranks = {token: i for i, token in enumerate(vocab)}
         merges = []
-        for line in state["merges"]:
-            left, right = (from_printable(t) for t in line.split(" "))
+        for k, line in enumerate(string_list(state, "merges")):
+            halves = line.split(" ")
+            if len(halves) != 2 or not all(halves):
+                raise TokenizerError(f"merge {k} ({line!r}) is not two tokens separated by one space")
+            left, right = (from_printable(t) for t in halves)
+            if left not in ranks or right not in ranks:
+                raise TokenizerError(f"merge {k} ({line!r}) names a token that no earlier merge made")
             merges.append((ranks[left], ranks[right]))
             ranks.setdefault(left + right, len(vocab))
             vocab.append(left + right)
-        return cls(merges, state["pattern"], state.get("special_tokens", []))
+        return cls(merges, pattern, specials)
 
     def vocabulary_listing(self) -> str:
         lines = []
@@ -353,6 +364,8 @@ class GPT2Tokenizer(ByteLevelBPE):
         tok = cls(ordinary, "gpt2", specials)
         tok._encoder, tok._merges = encoder, merges
         return tok
+
+    fields = ("encoder", "merges")
 
     def _state(self) -> dict[str, Any]:
         return {"encoder": self._encoder, "merges": self._merges}

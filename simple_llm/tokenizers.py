@@ -69,12 +69,19 @@ class Tokenizer:
         """The tokenizer saved at ``path`` (a JSON file, or a directory's tokenizer.json) by save()."""
         return cls.from_state(read_state(path), _json_path(path))
 
+    fields: tuple[str, ...] = ()  # the keys of its JSON file besides kind and version
+
     @classmethod
     def from_state(cls, state: dict[str, Any], path: Path) -> Tokenizer:
-        """A tokenizer of this class from the JSON object read from path (for the error message)."""
+        """A tokenizer of this class from the JSON object read from path (for the error message);
+        every field is checked for its type and range, none is guessed."""
         if state.get("kind") != cls.kind:
             raise TokenizerError(f"{path} holds a {state.get('kind')!r} tokenizer, not {cls.kind}")
         try:
+            if state.get("version", 1) != 1:
+                raise TokenizerError(f"version {state['version']!r} is not 1, the one this simple_llm reads")
+            if unknown := sorted(set(state) - {"kind", "version", *cls.fields}):
+                raise TokenizerError(f"{unknown[0]!r} is no field of a {cls.kind} tokenizer")
             return cls._from_state(state)
         except TokenizerError as exc:
             raise TokenizerError(f"tokenizer file {path} is damaged: {exc}") from None
@@ -110,12 +117,20 @@ class _TableTokenizer(Tokenizer):
     def _state(self) -> dict[str, Any]:
         return {"specials": self.specials, "tokens": self.tokens[len(self.specials) :]}
 
+    fields = ("specials", "tokens")
+
     @classmethod
     def _from_state(cls, state: dict[str, Any]) -> Tokenizer:
-        tokens, specials = state.get("tokens"), state.get("specials", [])
-        if not isinstance(tokens, list) or not all(isinstance(t, str) for t in tokens + list(specials)):
-            raise TokenizerError("'tokens' and 'specials' must be lists of strings")
+        tokens, specials = string_list(state, "tokens"), string_list(state, "specials", [])
+        for t in tokens:
+            if not cls.is_token(t):
+                raise TokenizerError(f"{t!r} in 'tokens' cannot be a {cls.kind} token")
         return cls(tokens, specials)
+
+    @staticmethod
+    def is_token(text: str) -> bool:
+        """Whether text can be one of this kind's learned tokens."""
+        raise NotImplementedError
 
     def _check_ids(self, ids: Iterable[int]) -> list[int]:
         ids = [int(i) for i in ids]
@@ -144,6 +159,10 @@ class CharTokenizer(_TableTokenizer):
     def decode(self, ids: Iterable[int]) -> str:
         return "".join(self.tokens[i] for i in self._check_ids(ids))
 
+    @staticmethod
+    def is_token(text: str) -> bool:
+        return len(text) == 1
+
 
 class WordTokenizer(_TableTokenizer):
     """Whitespace-separated words, as the original demo: unknown words become ``<unk>``.
@@ -171,6 +190,18 @@ class WordTokenizer(_TableTokenizer):
 
     def decode(self, ids: Iterable[int]) -> str:
         return " ".join(self.tokens[i] for i in self._check_ids(ids))
+
+    @staticmethod
+    def is_token(text: str) -> bool:
+        return text.split() == [text]  # a word: not empty, no whitespace
+
+
+def string_list(state: dict[str, Any], key: str, default: list[str] | None = None) -> list[str]:
+    """state[key] if it is a list of strings (default when absent, if given); a TokenizerError otherwise."""
+    value = state.get(key, default)
+    if not isinstance(value, list) or not all(isinstance(t, str) for t in value):
+        raise TokenizerError(f"{key!r} must be a list of strings, not {type(value).__name__}")
+    return value
 
 
 def read_state(path: str | os.PathLike) -> dict[str, Any]:

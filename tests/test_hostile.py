@@ -227,6 +227,48 @@ def test_damaged_tokenizer_files_give_one_clear_error(tmp_path, tokenizer_files,
     assert isinstance(tok.decode(range(tok.vocab_size)), str)  # what loaded is a working tokenizer
 
 
+@pytest.mark.parametrize(
+    "kind, change, fragment",
+    [
+        ("char", {"specials": "xz"}, "'specials' must be a list of strings, not str"),
+        ("char", {"specials": {"x": 0}}, "'specials' must be a list of strings, not dict"),
+        ("char", {"tokens": "abc"}, "'tokens' must be a list of strings"),
+        ("char", {"tokens": ["a", "bc"]}, "'bc' in 'tokens' cannot be a char token"),
+        ("char", {"tokens": ["a", "a"]}, "duplicate"),
+        ("char", {"version": 2}, "version 2 is not 1"),
+        ("char", {"extra": 1}, "'extra' is no field of a char tokenizer"),
+        ("word", {"tokens": ["two words"]}, "cannot be a word token"),
+        ("word", {"tokens": [""]}, "cannot be a word token"),
+        ("bpe", {"pattern": 5}, "'pattern' must be a string or null"),
+        ("bpe", {"pattern": "("}, "pattern"),
+        ("bpe", {"special_tokens": "<|endoftext|>"}, "'special_tokens' must be a list of strings"),
+        ("bpe", {"merges": ["t h e"]}, "is not two tokens separated by one space"),
+        ("bpe", {"merges": ["th e"]}, "names a token that no earlier merge made"),
+        ("bpe", {"merges": {"t": "h"}}, "'merges' must be a list of strings"),
+        ("char", {"tokens": [["a"] * 3] * 1}, "'tokens' must be a list of strings"),
+    ],
+)
+def test_every_field_of_a_tokenizer_file_is_checked(tmp_path, tokenizer_files, kind, change, fragment):
+    """A damaged file must never load as another tokenizer: "specials": "xz" was read as ["x", "z"],
+    and shifted every id by two."""
+    state = json.loads(tokenizer_files[kind])
+    state.update(change)
+    (tmp_path / "tokenizer.json").write_text(json.dumps(state), encoding="utf-8")
+    with pytest.raises(TokenizerError, match="damaged") as caught:
+        load_tokenizer(tmp_path)
+    assert fragment in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize("name", ["config.json", "tokenizer.json"])
+def test_json_nested_100000_deep_is_one_line(tmp_path, name):
+    from simple_llm.checkpoint import read_config
+
+    (tmp_path / name).write_text('{"a": ' * 100_000 + "1" + "}" * 100_000, encoding="utf-8")
+    read = read_config if name == "config.json" else load_tokenizer
+    with pytest.raises(ValueError, match="nested too deep"):
+        read(tmp_path)
+
+
 # checkpoints ---------------------------------------------------------------------------------------
 
 
