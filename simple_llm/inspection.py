@@ -6,7 +6,7 @@
 
 Attention heatmaps (query token x key token) for every layer and head, or one of them; the path of
 the prompt through the forward pass with a few statistics per step; a 2-D PCA of the token
-embeddings. Drawing needs matplotlib (``pip install 'simple_llm[viz]'``); the trace does not.
+embeddings.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from .session import probability_lines, token_label
 from .tokenizers import Tokenizer
 
 PANEL_INCHES, DPI = 3.0, 100  # each heatmap is 300 x 300 pixels, so a grid's size is predictable
+GRID_COLUMNS = 4  # heads across, at most
 MAX_PANELS = 16  # more than this (GPT-2 has 144 heads) and only one layer is drawn unless --layer says
 HEATMAP_NOTE = (
     "each panel: rows are queries (the token reading), columns are keys (the tokens it reads); the colour "
@@ -89,30 +90,44 @@ def print_trace(model: GPT, tok: Tokenizer, ids: np.ndarray, top: int) -> None:
 
 
 def draw_attention(model: GPT, tok: Tokenizer, ids: np.ndarray, layers: list[int], heads: list[int], path: str) -> None:
-    """A grid of heatmaps, one row per layer and one column per head, each PANEL_INCHES square."""
+    """A grid of heatmaps, each PANEL_INCHES square: a row per layer, and its heads across, wrapped
+    after GRID_COLUMNS (12 heads: 4 x 3, not a 12-wide strip); one colour bar for the figure."""
     weights = {name: t for name, t in model.trace(ids) if name.endswith("attn.softmax")}
     labels = [token_label(tok, int(i)) for i in ids[0]]
     T = len(labels)
-    fig = figure(dpi=DPI, figsize=(PANEL_INCHES * len(heads), PANEL_INCHES * len(layers)))
+    cols = min(len(heads), GRID_COLUMNS)
+    rows_per_layer = -(-len(heads) // cols)
+    fig = figure(dpi=DPI, figsize=(PANEL_INCHES * cols, PANEL_INCHES * rows_per_layer * len(layers)))
     import matplotlib  # present: figure() needed it
 
-    axes = fig.subplots(len(layers), len(heads), squeeze=False)
+    axes = fig.subplots(rows_per_layer * len(layers), cols, squeeze=False)
     font = max(4.0, min(9.0, 120.0 / T))
+    every = -(-T // 40)  # at most 40 token labels an axis: more would overlap
+    ticks = list(range(0, T, every))
     future = np.triu(np.ones((T, T), dtype=bool), k=1)
     cmap = matplotlib.colormaps["viridis"].with_extremes(bad="lightgrey")  # masked cells: the future
+    for ax in axes.flat:
+        ax.set_axis_off()  # the grid's empty places stay blank
+    image = None
     for r, layer in enumerate(layers):
         att = weights[f"h.{layer}.attn.softmax"][0]  # (NH, T, T)
-        for c, head in enumerate(heads):
-            ax = axes[r][c]
+        for k, head in enumerate(heads):
+            row, col = r * rows_per_layer + k // cols, k % cols
+            ax = axes[row][col]
+            ax.set_axis_on()
             image = ax.imshow(np.ma.masked_array(att[head], future), vmin=0.0, vmax=1.0, cmap=cmap)
-            fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04).ax.tick_params(labelsize=6)
             ax.set_title(f"layer {layer}, head {head}", fontsize=9)
-            ax.set_xticks(range(T), labels, rotation=90, fontsize=font)
-            ax.set_yticks(range(T), labels, fontsize=font)
-            ax.set_xlabel("key (attended to)", fontsize=8)
-            ax.set_ylabel("query", fontsize=8)
-    fig.subplots_adjust(left=0.12, right=0.95, bottom=0.15, top=0.92, wspace=0.6, hspace=0.6)
-    fig.savefig(path, dpi=DPI)  # no tight bbox: the pixel size stays heads x layers panels
+            ax.set_xticks(ticks, [labels[i] for i in ticks], rotation=90, fontsize=font)
+            ax.set_yticks(ticks, [labels[i] for i in ticks], fontsize=font)
+            if row == len(axes) - 1 or k + cols >= len(heads):
+                ax.set_xlabel("key (attended to)", fontsize=8)
+            if col == 0:
+                ax.set_ylabel("query", fontsize=8)
+    fig.subplots_adjust(left=0.12, right=0.86, bottom=0.15, top=0.92, wspace=0.5, hspace=0.6)
+    bar = fig.colorbar(image, cax=fig.add_axes((0.9, 0.15, 0.02, 0.77)))
+    bar.set_label("attention weight", fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    fig.savefig(path, dpi=DPI)  # no tight bbox: the pixel size stays the grid's
 
 
 def embedding_pca(wte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -123,20 +138,22 @@ def embedding_pca(wte: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return u[:, :2] * s[:2], s[:2] ** 2 / max(float(np.sum(s**2)), 1e-300)
 
 
-def draw_embeddings(model: GPT, tok: Tokenizer, counts: Counter, n_labels: int, path: str) -> int:
-    """The PCA scatter with the most frequent tokens labelled, skipping a label that would overlap
-    one already placed; returns how many were labelled."""
+def draw_embeddings(model: GPT, tok: Tokenizer, counts: Counter, n_labels: int, path: str) -> tuple[int, int]:
+    """The PCA scatter with the n_labels tokens that come first in counts labelled, skipping a label
+    that would overlap one already placed; returns (labelled, skipped)."""
     xy, share = embedding_pca(model.params["wte.weight"])
     fig = figure(figsize=(8, 8), dpi=DPI)
     ax = fig.subplots()
     ax.scatter(xy[:, 0], xy[:, 1], s=4, alpha=0.4)
     span = np.ptp(xy, axis=0) + 1e-12
     placed: list[np.ndarray] = []
+    skipped = 0
     for token, _ in counts.most_common(n_labels):
         if token >= len(xy):
             continue
         where = xy[token] / span  # in units of the plot's extent
         if any(abs(where[0] - p[0]) < 0.06 and abs(where[1] - p[1]) < 0.025 for p in placed):
+            skipped += 1
             continue
         placed.append(where)
         ax.annotate(token_label(tok, token), xy[token], fontsize=8)
@@ -144,7 +161,7 @@ def draw_embeddings(model: GPT, tok: Tokenizer, counts: Counter, n_labels: int, 
     ax.set_ylabel(f"second principal component ({share[1]:.0%} of the variance)")
     ax.set_title("token embeddings (wte): tokens the model treats alike lie close together")
     fig.savefig(path, dpi=DPI)
-    return len(placed)
+    return len(placed), skipped
 
 
 def run(args: argparse.Namespace) -> int:
@@ -153,12 +170,18 @@ def run(args: argparse.Namespace) -> int:
     model, tok = load_model(args.model)
     if args.embeddings:
         text = read_text_file(args.data, "data file") if args.data else (args.prompt or "")
-        counts = Counter(tok.encode(text)) if text else Counter(dict.fromkeys(range(tok.vocab_size), 1))
+        if text:
+            counts = Counter(tok.encode(text))
+            which = f"the {min(args.labels, len(counts))} most frequent tokens of {args.data or 'the prompt'}"
+        else:  # nothing to count: the first ids, in order
+            counts = Counter({i: tok.vocab_size - i for i in range(tok.vocab_size)})
+            which = f"token ids 0 to {min(args.labels, tok.vocab_size) - 1} (--data FILE labels its most frequent)"
         out = args.out or "embeddings.png"
-        labelled = draw_embeddings(model, tok, counts, args.labels, out)
+        labelled, skipped = draw_embeddings(model, tok, counts, args.labels, out)
+        overlap = f"; {skipped} left unlabelled where they would overlap another label" if skipped else ""
         print(
-            f"wrote {out}: every token's embedding projected onto the two directions of largest spread; "
-            f"{labelled} of the most frequent tokens labelled (close points: tokens used alike)"
+            f"wrote {out}: every token's embedding projected onto the two directions of largest spread "
+            f"(close points: tokens used alike); {labelled} labelled, of {which}{overlap}"
         )
         return 0
     ids = prompt_ids(model, tok, args.prompt)

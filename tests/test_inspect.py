@@ -68,9 +68,39 @@ def test_embeddings_view(model_dir, tmp_path):
     data = tmp_path / "text.txt"
     data.write_text("Hello Hello world", encoding="utf-8")
     out = tmp_path / "emb.png"
-    proc = run_cli("inspect", "--model", model_dir, "--embeddings", "--data", data, "--out", out)
+    proc = run_cli("inspect", "--model", model_dir, "--embeddings", "--data", data, "--out", out, "--labels", "3")
     assert proc.returncode == 0, proc.stderr
     assert out.read_bytes()[:4] == b"\x89PNG"
+    labelled = int(re.search(r"(\d+) labelled, of the 3 most frequent tokens of ", proc.stdout).group(1))
+    skipped = re.search(r"; (\d+) left unlabelled where they would overlap", proc.stdout)
+    assert labelled + (int(skipped.group(1)) if skipped else 0) == 3, proc.stdout
+
+
+def test_the_labels_are_the_most_frequent_tokens_and_overlaps_are_counted(model_dir):
+    from collections import Counter
+
+    from simple_llm import load_tokenizer
+    from simple_llm.inspection import draw_embeddings
+
+    model, tok = GPT.from_pretrained(model_dir), load_tokenizer(model_dir)
+    model.params["wte.weight"][...] = 0.0
+    model.params["wte.weight"][:, 0] = np.arange(tok.vocab_size)  # on a line, far apart
+    model.params["wte.weight"][:, 1] = np.arange(tok.vocab_size) % 2  # two directions of spread
+    model.params["wte.weight"][5] = model.params["wte.weight"][4]  # 5 sits on 4
+    import matplotlib
+
+    matplotlib.use("Agg")
+    labels = []
+    real = matplotlib.axes.Axes.annotate
+    matplotlib.axes.Axes.annotate = lambda ax, text, xy, **kw: labels.append(text) or real(ax, text, xy, **kw)
+    try:
+        counts = Counter({4: 10, 5: 9, 7: 8, 1: 1})
+        assert draw_embeddings(model, tok, counts, 3, "/dev/null") == (2, 1)  # 5 would overlap 4
+    finally:
+        matplotlib.axes.Axes.annotate = real
+    from simple_llm.session import token_label
+
+    assert labels == [token_label(tok, 4), token_label(tok, 7)]
 
 
 def test_pca_finds_the_direction_of_largest_spread():
@@ -113,4 +143,19 @@ def test_each_picture_says_how_to_read_it(model_dir, tmp_path):
     proc = run_cli("inspect", "--model", model_dir, "--prompt", "Hello", "--out", tmp_path / "a.png")
     assert "rows are queries" in proc.stdout and "grey cells are future positions, masked out" in proc.stdout
     proc = run_cli("inspect", "--model", model_dir, "--embeddings", "--out", tmp_path / "e.png")
-    assert "two directions of largest spread" in proc.stdout and "labelled" in proc.stdout
+    assert "two directions of largest spread" in proc.stdout
+    assert "labelled, of token ids 0 to 8 (--data FILE labels its most frequent)" in proc.stdout  # 9 tokens
+
+
+def test_twelve_heads_are_a_grid_with_one_colour_bar(tmp_path):
+    """GPT-2's 12 heads were a 3600 x 300 strip with a colour bar each over the token labels."""
+    import matplotlib.pyplot as plt
+
+    path = tmp_path / "m"
+    tok = CharTokenizer.train("abcdefgh ")
+    GPT(GPTConfig(vocab_size=tok.vocab_size, n_ctx=80, n_embd=24, n_head=12, n_layer=2), seed=0).save_pretrained(path)
+    tok.save(path)
+    out = tmp_path / "a.png"
+    proc = run_cli("inspect", "--model", path, "--prompt", "abcdefgh " * 8, "--layer", "1", "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert plt.imread(out).shape[:2] == (3 * 300, 4 * 300)  # 4 heads across, 3 rows
