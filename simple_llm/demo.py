@@ -119,8 +119,10 @@ def parser(name: str) -> Parser:
 def run(args: argparse.Namespace) -> int:
     path = args.data or data_file(DATA_FILES[args.lang])
     sentences = load_sentences(path)
+    n = cores()
     print(
-        f"Training a small GPT-2 on {len(sentences)} sentences from {path} ({BACKEND} kernels, {cores()} cores)",
+        f"Training a small GPT-2 on {len(sentences)} sentences from {path} "
+        f"({BACKEND} kernels, {n} core{'s' if n != 1 else ''})",
         flush=True,
     )
 

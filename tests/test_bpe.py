@@ -4,6 +4,7 @@ load, special tokens, and the pre-tokenisation patterns."""
 from __future__ import annotations
 
 import json
+from collections import Counter
 from itertools import pairwise
 
 import pytest
@@ -67,6 +68,54 @@ def test_a_long_word_is_not_quadratic():
     ranks = {bytes([b]): b for b in range(256)} | {b"ab": 256, b"abab": 257, b"ba": 258}
     assert merge_piece(b"ab" * 80_000, ranks) == [257] * 40_000
     assert merge_piece(b"b" + b"ab" * 80_000, ranks) == [ord("b")] + [257] * 40_000  # ab (256) before ba (258)
+
+
+def naive_learn_merges(words, counts, n_merges):
+    """BPE training as the papers write it: recount every pair of every word from scratch, merge the
+    most frequent (ties: the smaller pair), until n_merges or no pair occurs twice."""
+    words = [list(w) for w in words]
+    merges = []
+    for new_id in range(256, 256 + n_merges):
+        pairs: dict[tuple[int, int], int] = {}
+        for w, c in zip(words, counts):
+            for pair in pairwise(w):
+                pairs[pair] = pairs.get(pair, 0) + c
+        if not pairs or max(pairs.values()) < 2:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        merges.append(best)
+        for k, w in enumerate(words):
+            out, i = [], 0
+            while i < len(w):
+                if i + 1 < len(w) and (w[i], w[i + 1]) == best:
+                    out.append(new_id)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            words[k] = out
+    return merges
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(st.tuples(st.binary(min_size=1, max_size=12), st.integers(1, 4)), min_size=1, max_size=12))
+def test_learned_merges_are_those_of_recounting_from_scratch(words):
+    """The incremental bookkeeping after each merge (pairs lost and made around every site, in
+    overlapping runs such as aaaa too) gives the merges that recounting everything gives."""
+    words = [(bytes(b % 4 + 97 for b in w), c) for w, c in words]  # few letters: many merges and ties
+    chunks, counts = [list(w) for w, _ in words], [c for _, c in words]
+    want = naive_learn_merges(chunks, counts, 40)
+    assert learn_merges(chunks, counts, 40) == want  # (learn_merges merges the chunks in place)
+
+
+def test_learned_merges_on_real_text_are_those_of_recounting():
+    from simple_llm.bpe import compile_pattern, split_pieces
+
+    text = corpus("shakespeare").read_text(encoding="utf-8")[:20_000]
+    pieces = Counter(p.encode("utf-8") for p in split_pieces(text, compile_pattern("gpt2")))
+    chunks, counts = [list(p) for p in pieces], list(pieces.values())
+    want = naive_learn_merges(chunks, counts, 60)
+    assert learn_merges(chunks, counts, 60) == want
 
 
 @pytest.mark.parametrize("pattern", ["gpt2", "gpt4", None])

@@ -185,3 +185,27 @@ def test_saved_files_follow_the_umask(tmp_path):
         os.umask(old)
     for name in ("config.json", "model.safetensors"):
         assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+
+
+@pytest.mark.parametrize(
+    "sizes, n_ctx", [({"n_positions": 8}, 8), ({"n_ctx": 8}, 8), ({"n_positions": 8, "n_ctx": 6}, 8)]
+)
+def test_n_positions_is_the_context_and_n_ctx_stands_in_for_it(saved, sizes, n_ctx):
+    """transformers sizes wpe by n_positions; n_ctx is its old name, read only when n_positions is
+    absent (a config with both, disagreeing, still loads the 8-row wpe)."""
+    _, path = saved
+    config = json.loads((path / "config.json").read_text())
+    del config["n_positions"], config["n_ctx"]
+    (path / "config.json").write_text(json.dumps({**config, **sizes}))
+    assert GPT.from_pretrained(path).config.n_ctx == n_ctx
+
+
+@pytest.mark.parametrize("eos, vocab, want", [(7, 30, 7), (None, 30, None), (None, 50257, 50256), (3, 50257, 3)])
+def test_the_saved_end_of_text_id(tmp_path, eos, vocab, want):
+    """The tokenizer's own end-of-text id; GPT-2's 50256 for a GPT-2 vocabulary without one given."""
+    from simple_llm.checkpoint import hf_config
+
+    config = hf_config(GPTConfig(vocab_size=vocab, n_ctx=8, n_embd=8, n_head=2, n_layer=2), eos)
+    assert config["eos_token_id"] == want and config["bos_token_id"] == want
+    GPT(GPTConfig(vocab_size=30, n_ctx=8, n_embd=8, n_head=2, n_layer=2)).save_pretrained(tmp_path, eos_token_id=7)
+    assert json.loads((tmp_path / "config.json").read_text())["eos_token_id"] == 7

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 
 import pytest
 from support import ROOT
@@ -27,7 +28,9 @@ def test_python_blocks_run(path, tmp_path, monkeypatch):
 
 def test_docs_name_only_real_files_and_commands():
     """Paths like `simple_llm/model.py` and commands like `python -m simple_llm train` exist."""
-    commands = {"train", "generate", "chat", "eval", "explore", "inspect", "bench", "en", "ja"}
+    from simple_llm.cli import COMMANDS, DEMO_LANGUAGES
+
+    commands = {*COMMANDS, *DEMO_LANGUAGES}
     for path in DOCS:
         text = path.read_text(encoding="utf-8")
         for ref in re.findall(r"`((?:simple_llm|src|tests|docs|benchmarks|data)/[\w./]+\.(?:pyx|py|md|txt))\b", text):
@@ -49,3 +52,56 @@ def test_docs_name_only_tests_that_exist():
             assert re.search(rf"^def {name}\b", source, re.M), (
                 f"{path.name} names {current}::{name}, which does not exist"
             )
+
+
+FILE_SUFFIXES = {"json", "py", "pyx", "pxd", "csv", "png", "md", "txt", "safetensors", "html", "js", "css", "bpe"}
+
+
+def _our_names() -> dict[str, list[object]]:
+    """simple_llm's modules and the classes defined in them, by the names the docs use; `model` is
+    also what the docs call a GPT (model.params)."""
+    import importlib
+    import inspect
+
+    import simple_llm
+
+    names: dict[str, list[object]] = {}
+    for path in sorted(Path(simple_llm.__file__).parent.glob("*.py")):
+        if path.stem.startswith("__"):
+            continue
+        module = importlib.import_module(f"simple_llm.{path.stem}")
+        names.setdefault(path.stem, []).append(module)
+        for name, value in vars(module).items():
+            if inspect.isclass(value) and value.__module__ == module.__name__:
+                names.setdefault(name, []).append(value)
+    names["model"].append(simple_llm.GPT)
+    return names
+
+
+def _has(owner: object, attr: str) -> bool:
+    """owner (a module or class) has attr, as its own or, for a class, as an attribute its code sets."""
+    import inspect
+
+    if hasattr(owner, attr):
+        return True
+    return inspect.isclass(owner) and re.search(rf"self\.{attr}\b\s*[:=,]", inspect.getsource(owner)) is not None
+
+
+def test_docs_name_only_code_that_exists():
+    """`Class.method`, `module.function` (and `GPT.generate(...)`) in backticks: a renamed method
+    must not leave the docs pointing at nothing (GPT._logits and kernels.attention_forward did)."""
+    names = _our_names()
+    for path in DOCS:
+        text = path.read_text(encoding="utf-8")
+        for owner, attr in re.findall(r"`([A-Za-z_]\w*)\.([A-Za-z_]\w*)(?:\(.*?\))?`", text):
+            if owner in names and attr not in FILE_SUFFIXES:  # config.json is a file, not config's json
+                assert any(_has(o, attr) for o in names[owner]), (
+                    f"{path.name} names {owner}.{attr}, which does not exist"
+                )
+
+
+def test_the_code_name_check_can_fail():
+    names = _our_names()
+    assert _has(names["GPT"][0], "forward") and _has(names["GPT"][0], "params") and not _has(names["GPT"][0], "_logits")
+    kernels = names["kernels"][0]
+    assert _has(kernels, "layernorm_forward") and not _has(kernels, "attention_forward")

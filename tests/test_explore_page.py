@@ -156,8 +156,22 @@ def test_the_page_end_to_end(site, browser):
     Select(browser.find_element(By.ID, "layer")).select_by_value("1")
     wait(lambda: (h := heatmap()) != second and h)
     assert len(browser.find_elements(By.CSS_SELECTOR, "#heads svg")) == 2
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#lens tr")) == 1 + 3  # header, embedding, 2 blocks
+    rows = browser.find_elements(By.CSS_SELECTOR, "#lens tr")
+    assert [r.find_elements(By.TAG_NAME, "td")[0].text for r in rows[1:]] == ["embedding", "block 0", "block 1"]
+    lens = api(url, "/api/analyze", {"prompt": prompt})["logit_lens"]
+    position = int(browser.find_element(By.ID, "position").text.split()[0])  # the chip clicked above
+    assert position == 4
+    top_texts = [lens[layer][position][0]["id"] for layer in range(3)]
+    shown = [r.find_elements(By.TAG_NAME, "td")[1].text for r in rows[1:]]
+    assert all(tok.token_text(i).replace(" ", "\u2423") in cell for i, cell in zip(top_texts, shown)), shown
     assert not browser.find_element(By.ID, "training-view").get_attribute("hidden")
+    # the training chart has axes with round tick values over the log's steps and losses
+    xs = [float(t.text) for t in browser.find_elements(By.CSS_SELECTOR, "#loss-chart text.tick-x")]
+    ys = [float(t.text) for t in browser.find_elements(By.CSS_SELECTOR, "#loss-chart text.tick-y")]
+    assert xs[0] == 0 and xs[-1] == 60 and len(xs) >= 4 and xs == sorted(xs)
+    assert len(ys) >= 3 and 0.9 <= ys[0] < ys[-1] <= 3.1
+    titles = [t.text for t in browser.find_elements(By.CSS_SELECTOR, "#loss-chart text.axis-title")]
+    assert titles == ["step", "loss (nats)"]
     screenshot(browser, "explore.png")
     # generate streams tokens into the prompt
     browser.find_element(By.ID, "temperature").clear()

@@ -268,8 +268,9 @@ def _both(name, dtype, *make_args):
     return results
 
 
-# (B, T, C, NH, V, parameters): tiny, and large enough that every compiled loop runs on several threads
-SIZES = {"small": (2, 5, 12, 3, 7, 300), "threaded": (4, 64, 256, 4, 512, 100_000)}
+# (B, T, C, NH, V, parameters): tiny; large; and ragged: C = 2 x 32 + 5 and B*T = 2 x 64 + 6, so that
+# layer norm's parameter gradients (32 columns, 64 rows at a time) end on a partial block of each
+SIZES = {"small": (2, 5, 12, 3, 7, 300), "threaded": (4, 64, 256, 4, 512, 100_000), "ragged": (2, 67, 69, 3, 11, 1001)}
 
 
 @pytest.mark.parametrize("size", SIZES)

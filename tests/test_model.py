@@ -452,3 +452,51 @@ def test_threads_generating_at_once_get_their_own_tokens(lively):
         np.testing.assert_array_equal(got, want)
     for T, got in zip(range(1, 9), logits):
         np.testing.assert_array_equal(got, lively.forward(np.full((1, T), 2)))
+
+
+@pytest.mark.parametrize("u, want", [(0.0, 0), (0.66, 0), (0.67, 1), (0.999, 1)])
+def test_the_draw_follows_the_filtered_distribution_inside(u, want):
+    """top_p 0.75 over 1/2, 1/4, 1/8, 1/8 leaves 2/3, 1/3: u below 2/3 draws token 0, above it token 1
+    (the unfiltered cumulative sums would put the boundary at 1/2)."""
+    from simple_llm.sampling import Sampler
+
+    sampler = Sampler(temperature=1.0, top_p=0.75)
+    sampler.rng = FixedDraws(u)
+    probs, tokens = sampler(np.log([[0.5, 0.25, 0.125, 0.125]]))
+    np.testing.assert_allclose(probs[0], [2 / 3, 1 / 3, 0, 0], atol=1e-15)
+    assert int(tokens[0]) == want
+
+
+def test_every_parameter_starts_as_gpt2s():
+    """N(0, 0.02) for every matrix and both embeddings, 0.02 / sqrt(2 L) for the two projections into
+    the residual stream, zero biases, unit layer-norm gains: for every name, not a sample of them."""
+    L = 3
+    model = GPT(GPTConfig(vocab_size=700, n_ctx=300, n_embd=96, n_head=4, n_layer=L), seed=0)
+    for name, p in model.params.items():
+        if name.endswith(("ln_1.weight", "ln_2.weight")) or name == "ln_f.weight":
+            assert np.all(p == 1.0), name
+        elif p.ndim == 1:
+            assert np.all(p == 0.0), name
+        else:
+            std = 0.02 / math.sqrt(2 * L) if name.endswith("c_proj.weight") else 0.02
+            assert abs(p.std() / std - 1) < 0.03 and abs(p.mean()) < 0.1 * std, (name, p.std(), std)
+
+
+@pytest.mark.parametrize("cores", [2, 3, 5])
+def test_the_shards_gradients_add_up_to_the_batchs(cores, monkeypatch):
+    """However many shards the batch is cut into, every shard's gradient counts once (float64)."""
+    from simple_llm import parallel
+
+    cfg = GPTConfig(vocab_size=13, n_ctx=6, n_embd=8, n_head=2, n_layer=2)
+    idx, targets = batch(cfg, B=5, T=6)
+    monkeypatch.setattr(parallel, "cores", lambda: 1)
+    loss1, grads1 = GPT(cfg, seed=2, dtype=np.float64).loss_and_grads(idx, targets)
+    whole = grads1.flat.copy()
+    monkeypatch.setattr(parallel, "cores", lambda: cores)
+    model = GPT(cfg, seed=2, dtype=np.float64)
+    loss, grads = model.loss_and_grads(idx, targets)
+    assert len(parallel.shards(5)) == cores
+    assert loss == pytest.approx(loss1, rel=1e-13)
+    np.testing.assert_allclose(grads.flat, whole, rtol=1e-11, atol=1e-15)
+    loss, grads = model.loss_and_grads(idx, targets)  # again: the replicas' buffers are reused, not summed
+    np.testing.assert_allclose(grads.flat, whole, rtol=1e-11, atol=1e-15)

@@ -600,3 +600,57 @@ def test_the_memory_estimate_is_near_the_measured_peak(tmp_path):
     estimate = training_bytes(cfg, 16, 128, 1, len(parallel.shards(16)))
     assert f"about {estimate / 2**30:.2f} GB of memory" in proc.stdout
     assert 0.75 < estimate / peak < 1.33, (estimate, peak)
+
+
+def tiny_trainer(tmp_path, *flags):
+    from simple_llm import CharTokenizer
+
+    model = GPT(GPTConfig(vocab_size=13, n_ctx=6, n_embd=8, n_head=2, n_layer=1), seed=1, dtype=np.float64)
+    stream = np.random.default_rng(0).integers(0, 13, 400)
+    trainer = float64_trainer(tmp_path, model, stream[:300], stream[300:], "--eval-steps", "1", "--no-progress", *flags)
+    trainer.tok = CharTokenizer.train("abcdefghijklm")
+    return trainer
+
+
+@pytest.mark.parametrize("clip", ["0", "0.05"])
+def test_grad_clip_0_is_off_and_otherwise_bounds_the_norm(tmp_path, clip):
+    trainer = tiny_trainer(tmp_path, "--grad-clip", clip, "--max-steps", "3")
+    raw, seen = [], []
+    gradients, step = trainer.gradients, trainer.opt.step
+
+    def record_raw(x, y):
+        loss, grads = gradients(x, y)
+        raw.append(float(np.linalg.norm(grads.flat)))
+        return loss, grads
+
+    trainer.gradients = record_raw
+    trainer.opt.step = lambda grads: (seen.append(float(np.linalg.norm(grads.flat))), step(grads))
+    assert trainer.fit() == 0
+    assert all(r > 0.05 for r in raw)  # so that 0.05 clips every step
+    want = raw if clip == "0" else [0.05] * len(raw)
+    np.testing.assert_allclose(seen, want, rtol=1e-5)
+
+
+def test_tokens_per_second_counts_every_micro_batch(tmp_path, monkeypatch):
+    """A clock that moves 1 s per reading: each step then takes 1 s, and tokens/s is the tokens of a
+    step: batch x grad_accum x block."""
+    import itertools
+
+    from simple_llm import trainer as trainer_module
+
+    trainer = tiny_trainer(tmp_path, "--batch-size", "2", "--grad-accum", "3", "--max-steps", "2")
+    clock = itertools.count()
+    monkeypatch.setattr(trainer_module.time, "perf_counter", lambda: float(next(clock)))
+    assert trainer.fit() == 0
+    assert trainer.tokens_per_s == 2 * 3 * 6
+
+
+def test_the_best_validation_loss_is_the_lowest_seen(tmp_path):
+    trainer = tiny_trainer(tmp_path, "--max-steps", "3", "--eval-interval", "1")
+    losses = iter([(3.0, 3.0), (2.0, 1.0), (1.5, 2.0), (1.0, 1.5)])  # steps 0, 1, 2, 3
+    trainer.evaluate = lambda: next(losses)
+    assert trainer.fit() == 0
+    assert trainer.run.best_val == 1.0
+    from simple_llm.run_files import read_state_meta
+
+    assert read_state_meta(tmp_path / "train_state", 6).best_val == 1.0
