@@ -6,21 +6,16 @@ attention weights, the logit lens, and generation streamed token by token. The s
 library's ThreadingHTTPServer: requests run at once, each on its own thread, and each generation has
 its own key/value cache (GPT.stream), so a long generation blocks nothing.
 
-    GET  /api/model     -> {"n_layer", "n_head", "n_embd", "vocab_size", "n_ctx", "tokenizer", "example"
-                        (a prompt the page opens with)}
-    POST /api/analyze   {"prompt", "top_k"=10, "temperature"=1.0, "layers"?} -> tokens, positions,
-                        attention [n_layer][n_head][T][T] (null for layers not asked), logit_lens
-    POST /api/generate  {"prompt", "max_new_tokens"=20, "temperature"=0.0, "top_k", "top_p", "seed"=0}
-                        -> {"tokens": [{"id", "text"}], "text"}; /api/generate/stream sends the same
-                        tokens as they come, one JSON object per line
-    GET  /api/log       -> the rows of DIR/log.csv (a training run), [] without one
+The API (explorer_api.py says what each route takes and returns): GET /api/model, POST /api/analyze,
+POST /api/generate and /api/generate/stream, GET /api/log. Only this machine's page is answered:
+requests for another Host, from another site's page (Origin) or POSTs that are not JSON get a 403.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import math
+import select
 import socket
 import sys
 import threading
@@ -30,151 +25,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from . import kernels as K
 from .cli_args import CLIError, Parser, command_parser, nonnegative_int
-from .model import GPT
+from .explorer_api import BadRequest, Cancelled, Explorer, TooLarge
 from .modeldir import load_model
-from .run_files import LOG_FILE, read_log
-from .sampling import tempered
-from .tokenizers import Tokenizer
 
 PAGE_DIR = Path(__file__).resolve().parent / "explorer"
 MAX_BODY = 1 << 20  # bytes of a request body
-LENS_TOP = 5
-EXAMPLES = ["The meaning of life is", "ROMEO: O", "Hello world", "こんにちは世界"]  # the page's first prompt
 TYPES = {".html": "text/html; charset=utf-8", ".js": "text/javascript; charset=utf-8", ".css": "text/css"}
-
-
-class BadRequest(ValueError):
-    """A request the API refuses: status 400 with {"error": message}."""
-
-
-def _field(body: dict, name: str, kind: type | tuple, default: Any = None, check=None, must: str = "") -> Any:
-    """body[name] of the given JSON type (default when absent); a BadRequest names what is wrong."""
-    if name not in body or body[name] is None:
-        if default is ...:
-            raise BadRequest(f"{name} is missing")
-        return default
-    value = body[name]
-    if isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,)):
-        raise BadRequest(f"{name} must be {must or kind}, not {value!r}")
-    if not isinstance(value, kind) or (check is not None and not check(value)):
-        raise BadRequest(f"{name} must be {must or kind}, not {value!r}")
-    return value
-
-
-class Explorer:
-    """The API over one model and its tokenizer, independent of HTTP (the tests call it directly)."""
-
-    def __init__(self, model: GPT, tok: Tokenizer, directory: Path):
-        self.model, self.tok, self.directory = model, tok, directory
-        self.example = self.example_prompt()
-
-    def info(self) -> dict:
-        c = self.model.config
-        return dict(
-            n_layer=c.n_layer, n_head=c.n_head, n_embd=c.n_embd, vocab_size=c.vocab_size, n_ctx=c.n_ctx,
-            tokenizer=self.tok.kind, example=self.example,
-        )  # fmt: skip
-
-    def example_prompt(self) -> str:
-        """A prompt the page opens with: a usual one this tokenizer reads as it is, else the model's own
-        greedy text from its first token."""
-        for text in EXAMPLES:
-            try:
-                if self.tok.decode(self.tok.encode(text)) == text:
-                    return text
-            except ValueError:  # a character or word this vocabulary lacks
-                continue
-        start = self.tok.eos_id if self.tok.eos_id is not None else 0
-        out = self.model.generate(np.array([[start]]), 16, temperature=0.0)[0, 1:]
-        return self.tok.decode([int(t) for t in out if t != self.tok.eos_id]) or self.tok.token_text(0)
-
-    def prompt_ids(self, body: dict) -> tuple[list[int], bool]:
-        """The prompt's ids, cropped to the last n_ctx (and whether it was)."""
-        prompt = _field(body, "prompt", str, ..., must="a string")
-        try:
-            ids = self.tok.encode(prompt)
-        except ValueError as exc:
-            raise BadRequest(str(exc)) from None
-        if not ids:
-            raise BadRequest("the prompt has no tokens")
-        n_ctx = self.model.config.n_ctx
-        return ids[-n_ctx:], len(ids) > n_ctx
-
-    def token(self, i: int) -> dict:
-        return {"id": int(i), "text": self.tok.token_text(int(i))}
-
-    def analyze(self, body: dict) -> dict:
-        ids, cropped = self.prompt_ids(body)
-        top_k = _field(body, "top_k", int, 10, lambda k: k >= 1, "an integer >= 1")
-        temperature = _field(body, "temperature", (int, float), 1.0, lambda t: 0 < t < math.inf, "a number > 0")
-        L = self.model.config.n_layer
-        layers = _field(body, "layers", list, list(range(L)), must="a list of layer numbers")
-        if not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < L for x in layers):
-            raise BadRequest(f"layers must be layer numbers in [0, {L})")
-        steps = dict(self.model.trace(np.array([ids])))
-        logits = steps["logits = ln_f @ wte^T"][0].astype(np.float64)  # (T, V)
-        probs, probs_t = _softmax(logits), _softmax(tempered(logits.copy(), temperature))
-        top_k = min(top_k, logits.shape[1])
-        positions = []
-        for t in range(len(ids)):
-            top = np.argsort(-probs_t[t], kind="stable")[:top_k]
-            positions.append(
-                {
-                    "top": [{**self.token(i), "prob": float(probs_t[t, i])} for i in top],
-                    "prob_of_next": float(probs[t, ids[t + 1]]) if t + 1 < len(ids) else None,
-                }
-            )
-        attention = [steps[f"h.{l}.attn.softmax"][0].tolist() if l in layers else None for l in range(L)]
-        streams = [steps["wte[idx] + wpe"]] + [steps[f"h.{l}.x + mlp.c_proj"] for l in range(L)]
-        lens = [  # one layer at a time: GPT-2's (n_layer + 1, T, V) logits would be gigabytes together
-            [
-                [{"id": int(i), "prob": float(p[i])} for i in np.argsort(-p, kind="stable")[:LENS_TOP]]
-                for p in _softmax(self.model.read_off(x)[0])
-            ]
-            for x in streams
-        ]
-        lens_ids = {int(c["id"]) for layer in lens for position in layer for c in position}
-        return {
-            "tokens": [self.token(i) for i in ids],
-            "positions": positions,
-            "attention": attention,
-            "logit_lens": lens,
-            "token_texts": {i: self.tok.token_text(i) for i in sorted(lens_ids)},  # the lens's ids, as text
-            "cropped": cropped,
-        }
-
-    def generation(self, body: dict):
-        """(prompt ids, the stream of new token ids) for a generate request."""
-        ids, _ = self.prompt_ids(body)
-        n = _field(body, "max_new_tokens", int, 20, lambda k: 1 <= k <= 10_000, "an integer in [1, 10000]")
-        temperature = _field(body, "temperature", (int, float), 0.0, lambda t: 0 <= t < math.inf, "a number >= 0")
-        top_k = _field(body, "top_k", int, None, lambda k: k >= 1, "an integer >= 1")
-        top_p = _field(body, "top_p", (int, float), None, lambda p: 0 < p <= 1, "a number in (0, 1]")
-        seed = _field(body, "seed", int, 0, lambda s: 0 <= s < 2**128, "an integer in [0, 2**128)")
-        steps = self.model.stream(np.array([ids]), n, temperature, top_k, seed, top_p, stop_token=self.tok.eos_id)
-        return ids, (int(step.tokens[0]) for step in steps)
-
-    def generate(self, body: dict) -> dict:
-        _, new = self.generation(body)
-        tokens = [t for t in new if t != self.tok.eos_id]
-        return {"tokens": [self.token(t) for t in tokens], "text": self.tok.decode(tokens)}
-
-    def log(self) -> list[dict]:
-        try:
-            return read_log(self.directory / LOG_FILE, math.inf)
-        except CLIError:
-            return []  # a run still writing it, or a damaged file: no chart rather than an error
-
-
-def _softmax(z: np.ndarray) -> np.ndarray:
-    """Row softmax (T, V) in float64, through the same kernel as sampling."""
-    p = np.array(z, dtype=np.float64)
-    K.softmax_forward(p, p)
-    return p
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -261,7 +118,7 @@ class Handler(BaseHTTPRequestHandler):
             if not isinstance(body, dict):
                 raise BadRequest("the body must be a JSON object")
             if self.path == "/api/analyze":
-                return self.send_json(self.explorer.analyze(body))
+                return self.send_json(self.explorer.analyze(body, self.client_left))
             if self.path == "/api/generate":
                 return self.send_json(self.explorer.generate(body))
             return self.stream(body)
@@ -269,10 +126,23 @@ class Handler(BaseHTTPRequestHandler):
             return self.error(400, "the body is not JSON")
         except RecursionError:
             return self.error(400, "the body is not JSON this server reads: it is nested too deep")
+        except Cancelled:  # a newer request replaced it: nobody reads an answer
+            self.close_connection = True
+            return None
+        except TooLarge as exc:
+            return self.error(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc))
         except BadRequest as exc:
             return self.error(400, str(exc))
         except ValueError as exc:  # the model's own checks (a token id out of range, say)
             return self.error(400, str(exc).splitlines()[0])
+
+    def client_left(self) -> bool:
+        """Whether the client closed its side (the page aborts a request that a newer one replaces)."""
+        try:
+            ready, _, _ = select.select([self.connection], [], [], 0)
+            return bool(ready) and self.connection.recv(1, socket.MSG_PEEK) == b""
+        except OSError:
+            return True
 
     def stream(self, body: dict) -> None:
         """One JSON object per line as each token comes; the client stops it by closing the request."""

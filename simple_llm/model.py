@@ -426,6 +426,31 @@ class GPT:
         self.head.forward(logits, a, a.resid[-1])
         return [(name, np.array(t)) for name, t in trace_steps(a, logits)]
 
+    def walk(self, idx: ArrayLike) -> Iterator[np.ndarray]:
+        """The residual stream (B, T, C) after the embedding, then after each block, for idx (B, T):
+        one evaluation forward pass holding the buffers of one block, whatever n_layer (trace keeps
+        every block's: gigabytes for GPT-2 at 1024 tokens). Each step overwrites the array the
+        last one yielded: copy what you keep."""
+        x = token_ids(idx, self.config.vocab_size, self.config.n_ctx)
+        B, T = x.shape
+        a = Activations(self.config, B, T, self.dtype, per_layer=False)  # the blocks share one set
+        self.embedding.forward(a.resid[0], x)
+        yield a.resid[0]
+        for l, block in enumerate(self.h):
+            block.forward(a.resid[l + 1], a.layers[l], a.resid[l])  # resid[l + 1] is resid[l]: in place
+            yield a.resid[l + 1]
+
+    def attention_of(self, layer: int, x: np.ndarray) -> np.ndarray:
+        """Block `layer`'s attention weights (B, NH, T, T) when its input, the residual stream, is
+        x (B, T, C) (one of walk's): ln_1, c_attn and the softmax of the scores, nothing after."""
+        B, T, _ = x.shape
+        a = LayerActivations(self.config, B, T, T, self.dtype, dropout=False)
+        block = self.h[layer]
+        block.ln_1.forward(a.ln1, a.ln1_mean, a.ln1_rstd, np.ascontiguousarray(x, self.dtype))
+        block.attn.c_attn.forward(a.qkv, a.ln1)
+        block.attn.attend(a.atty, a.att(T), a.qkv)
+        return a.att(T)
+
     def read_off(self, x: np.ndarray) -> np.ndarray:
         """Logits (B, T, V) that ln_f and the tied output layer give for a residual stream x
         (B, T, C): applied to the stream after the embedding or after any block (trace's steps), this

@@ -7,13 +7,15 @@ import http.client
 import json
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from itertools import pairwise
 
 import numpy as np
 import pytest
 from support import assert_one_line_error, run_cli
 
 from simple_llm import GPT, CharTokenizer, GPTConfig
-from simple_llm.explore import Explorer, serve
+from simple_llm.explore import serve
+from simple_llm.explorer_api import Explorer
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,8 @@ def test_model_route(server, model_dir):
 def test_analyze_is_the_models_own_computation(server, model_dir):
     model, tok = GPT.from_pretrained(model_dir), CharTokenizer.load(model_dir)
     prompt = "Hello wor"
-    status, out = request(server, "POST", "/api/analyze", {"prompt": prompt, "top_k": 4, "temperature": 0.5})
+    body = {"prompt": prompt, "top_k": 4, "temperature": 0.5, "layers": [0, 1]}
+    status, out = request(server, "POST", "/api/analyze", body)
     assert status == 200
     ids = tok.encode(prompt)
     assert [t["id"] for t in out["tokens"]] == ids and "".join(t["text"] for t in out["tokens"]) == prompt
@@ -95,8 +98,79 @@ def test_analyze_is_the_models_own_computation(server, model_dir):
 
 
 def test_analyze_returns_only_the_layers_asked_for(server):
-    _, out = request(server, "POST", "/api/analyze", {"prompt": "abc", "layers": [1]})
+    _, out = request(server, "POST", "/api/analyze", {"prompt": "abc", "layers": [0]})
+    assert out["attention"][1] is None and len(out["attention"][0]) == 2
+    _, out = request(server, "POST", "/api/analyze", {"prompt": "abc"})  # the default: the last layer
     assert out["attention"][0] is None and len(out["attention"][1]) == 2
+
+
+def test_heads_positions_encoding_and_thumbnails_are_what_was_asked(server, model_dir):
+    import base64
+
+    tok = CharTokenizer.load(model_dir)
+    prompt = "Hello world! abc"
+    ids = tok.encode(prompt)
+    T = len(ids)
+    whole = request(server, "POST", "/api/analyze", {"prompt": prompt, "layers": [0, 1]})[1]
+    body = {"prompt": prompt, "layers": [0], "heads": [1], "positions": [3, 15, 3], "encoding": "u8",
+            "thumbnails": 5, "top_k": 3}  # fmt: skip
+    status, out = request(server, "POST", "/api/analyze", body)
+    assert status == 200 and out["encoding"] == "u8"
+    assert out["attention"][1] is None and out["attention"][0][0] is None
+    att = np.frombuffer(base64.b64decode(out["attention"][0][1]), np.uint8).reshape(T, T)
+    np.testing.assert_array_equal(att, np.rint(np.array(whole["attention"][0][1]) * 255))
+    assert [p["top"] is not None for p in out["positions"]] == [t in (3, 15) for t in range(T)]
+    assert out["positions"][3]["top"] == whole["positions"][3]["top"][:3]
+    assert [p["prob_of_next"] for p in out["positions"]] == [p["prob_of_next"] for p in whole["positions"]]
+    for layer in range(3):
+        assert [x is not None for x in out["logit_lens"][layer]] == [t in (3, 15) for t in range(T)]
+        assert out["logit_lens"][layer][15] == whole["logit_lens"][layer][15]
+    edges = np.linspace(0, T, 6).astype(int)  # 16 rows in 5 blocks: 3, 3, 3, 3, 4
+    full = np.array(whole["attention"][0][1])
+    pooled = [[full[a:b, c:d].mean() for c, d in pairwise(edges)] for a, b in pairwise(edges)]
+    thumb = np.frombuffer(base64.b64decode(out["thumbnails"][0][1]), np.uint8).reshape(5, 5)
+    np.testing.assert_array_equal(thumb, np.rint(np.array(pooled) * 255))
+    assert out["thumbnails"][1] is None and len(out["thumbnails"][0]) == 2
+
+
+def test_an_answer_too_large_is_refused_with_what_to_ask(model_dir, monkeypatch):
+    from simple_llm import explorer_api
+    from simple_llm.explorer_api import TooLarge
+
+    explorer = Explorer(GPT.from_pretrained(model_dir), CharTokenizer.load(model_dir), model_dir)
+    monkeypatch.setattr(explorer_api, "MAX_ANSWER", 20_000)
+    body = {"prompt": "Hello world! abcdefgh", "layers": [0, 1]}
+    with pytest.raises(TooLarge, match="ask for fewer layers, heads or positions"):
+        explorer.analyze(body)
+    assert explorer.analyze({**body, "layers": [1], "heads": [0], "positions": [0], "encoding": "u8"})["tokens"]
+
+
+@pytest.mark.parametrize("kind", ["char", "word", "bpe", "bpe-lines"])
+def test_a_long_prompt_is_tokenized_only_near_its_end(tmp_path, kind):
+    """The last n_ctx tokens of a megabyte prompt, found by tokenizing a few kilobytes of its end: the
+    same ids as tokenizing all of it."""
+    from simple_llm import BPETokenizer, WordTokenizer
+
+    rng = np.random.default_rng(0)
+    words = ["the", "cat", "sat", "on", "a", "mat", "and", "dog", "ran", "far", "ab", "banana"]
+    text = " ".join(rng.choice(words, 200_000)) + "\n"
+    make = {
+        "char": lambda: CharTokenizer.train(text),
+        "word": lambda: WordTokenizer.train(text),
+        "bpe": lambda: BPETokenizer.train(text[:20_000], 300),
+        "bpe-lines": lambda: BPETokenizer.train(text[:20_000], 300, pattern=None),
+    }
+    tok = make[kind]()
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_ctx=40, n_embd=8, n_head=2, n_layer=1), seed=0)
+    explorer = Explorer(model, tok, tmp_path)
+    seen = []
+    encode = tok.encode
+    tok.encode = lambda t: seen.append(len(t)) or encode(t)
+    prompt = text + "ran far banana\n" * 3
+    ids, cropped = explorer.tail_ids(prompt)
+    assert cropped and ids == encode(prompt)[-40:]
+    if kind != "bpe-lines":  # one piece per line: the line here is the whole text
+        assert sum(seen) < 50_000 < len(prompt)
 
 
 def test_generate_is_greedy_generation(server, model_dir):
@@ -222,7 +296,7 @@ def test_analyze_matches_transformers(tmp_path):
     tok.save(tmp_path)
     explorer = Explorer(GPT.from_pretrained(tmp_path, dtype=np.float64), tok, tmp_path)
     prompt = "abcabcdab"
-    out = explorer.analyze({"prompt": prompt, "top_k": 5})
+    out = explorer.analyze({"prompt": prompt, "top_k": 5, "layers": [0, 1]})
     with torch.no_grad():  # eager attention: the fused kernel returns no weights
         ref64 = transformers.GPT2LMHeadModel.from_pretrained(tmp_path, attn_implementation="eager").to(torch.float64)
         result = ref64(torch.tensor([tok.encode(prompt)]), output_attentions=True, output_hidden_states=True)

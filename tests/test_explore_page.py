@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 
 from simple_llm import GPT, AdamW, CharTokenizer, GPTConfig
-from simple_llm.explore import Explorer, serve
+from simple_llm.explore import serve
+from simple_llm.explorer_api import Explorer
 
 REQUIRE = os.environ.get("SIMPLE_LLM_REQUIRE_BROWSER", "").strip() not in ("", "0")
 
@@ -210,3 +211,98 @@ def test_stop_ends_a_generation(site, browser):
     count = len(browser.find_elements(By.CLASS_NAME, "gen-token"))
     time.sleep(0.5)
     assert count < 10000 and len(browser.find_elements(By.CLASS_NAME, "gen-token")) == count
+
+
+def test_gpt2_124m_at_1024_tokens_answers_each_interaction_in_under_2_mb(browser, tmp_path):
+    """GPT-2 124M's shape (random weights; 50257 characters stand in for its vocabulary) and a prompt
+    over its 1024-token context. Every request the page makes stays under 2 MB, a request replaced by
+    a newer one is stopped on the server, and the server's memory stays bounded. The seconds each
+    interaction took are printed (pytest -s), not asserted: docs/EXPLORE.md quotes them."""
+    import resource
+
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    def rss():
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmRSS:"))
+
+    tok = CharTokenizer([chr(0x20000 + i) for i in range(50257)])  # CJK extensions: one char a token
+    model = GPT(GPTConfig(), seed=0)
+    httpd = serve(Explorer(model, tok, tmp_path), "127.0.0.1", 0)
+    explorer = httpd.RequestHandlerClass.explorer
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    url = "http://{}:{}".format(*httpd.server_address[:2])
+    peak, base, sampling = [0], rss(), [True]
+
+    def sample():
+        while sampling[0]:
+            peak[0] = max(peak[0], rss())
+            time.sleep(0.02)
+
+    threading.Thread(target=sample, daemon=True).start()
+    rng = np.random.default_rng(0)
+    text = "".join(tok.tokens[i] for i in rng.integers(0, 50257, 1100))
+    try:
+        browser.get(url + "/")
+        wait(lambda: "12 layers" in browser.find_element(By.ID, "model-info").text, timeout=60)
+        wait(lambda: browser.find_elements(By.CLASS_NAME, "token"), timeout=60)  # the example prompt
+        timings = {}
+
+        def interaction(name, act, done):
+            browser.execute_script("performance.clearResourceTimings()")
+            start = time.perf_counter()
+            act()
+            wait(done, timeout=120)
+            timings[name] = time.perf_counter() - start
+            sizes = browser.execute_script(
+                "return performance.getEntriesByType('resource').filter(e => e.name.includes('/api/analyze'))"
+                ".map(e => e.encodedBodySize)"
+            )
+            assert sizes and max(sizes) < 2_000_000, (name, sizes)
+            return sizes
+
+        def set_prompt(value):
+            browser.execute_script(
+                "const box = document.getElementById('prompt'); box.value = arguments[0];"
+                "box.dispatchEvent(new Event('input'));",
+                value,
+            )
+
+        def chips():
+            return len(browser.find_elements(By.CLASS_NAME, "token"))
+
+        interaction("a new 1100-character prompt (cropped to 1024 tokens)", lambda: set_prompt(text),
+                    lambda: chips() == 1024 and "last 1024 tokens" in browser.find_element(By.ID, "status").text)  # fmt: skip
+        assert browser.find_elements(By.CSS_SELECTOR, "#attention image")  # one picture, not a million cells
+
+        interaction("select a position", lambda: browser.find_elements(By.CLASS_NAME, "token")[500].click(),
+                    lambda: browser.find_element(By.ID, "candidates").get_attribute("data-position") == "500")  # fmt: skip
+        before = browser.find_element(By.CSS_SELECTOR, "#attention image").get_attribute("href")
+        interaction("another head", lambda: Select(browser.find_element(By.ID, "head")).select_by_value("3"),
+                    lambda: browser.find_element(By.CSS_SELECTOR, "#attention image").get_attribute("href") != before)  # fmt: skip
+        before = browser.find_element(By.CSS_SELECTOR, "#attention image").get_attribute("href")
+        interaction("another layer", lambda: Select(browser.find_element(By.ID, "layer")).select_by_value("5"),
+                    lambda: browser.find_element(By.CSS_SELECTOR, "#attention image").get_attribute("href") != before)  # fmt: skip
+        # a prompt replaced while its reading is under way: the first request is aborted, and the
+        # server stops reading it (it never reaches the cache of readings)
+        replaced = text[:-1] + tok.tokens[7]
+        set_prompt(replaced)
+        time.sleep(0.8)  # past the page's 250 ms wait: its request is out, its forward pass running
+        interaction("a prompt replaced by another", lambda: set_prompt(text[:-1] + tok.tokens[8]),
+                    lambda: browser.find_elements(By.CLASS_NAME, "token")[-1].text == tok.tokens[8])  # fmt: skip
+        keys = list(explorer._readings)
+        assert (
+            tuple(tok.encode(replaced)[-1024:]) not in keys
+            and tuple(tok.encode(text[:-1] + tok.tokens[8])[-1024:]) in keys
+        )
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert not errors, errors
+    finally:
+        sampling[0] = False
+        httpd.shutdown()
+        httpd.server_close()
+    grew = peak[0] - base
+    print(f"\nGPT-2 124M at 1024 tokens: {', '.join(f'{k}: {v:.2f} s' for k, v in timings.items())}; "
+          f"server memory grew by at most {grew / 2**20:.0f} MB (ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10} MB)")  # fmt: skip
+    assert grew < 1_000 * 2**20  # every layer's activations at once would be about 2 GB

@@ -3,14 +3,19 @@
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
-const state = { info: null, analysis: null, position: 0, layer: 0, head: 0, controller: null, seq: 0 };
+const state = { info: null, analysis: null, position: 0, layer: 0, head: 0, controller: null, inflight: null, lastPrompt: null };
 
-async function api(path, body) {
-  const options = body === undefined ? {} : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body) };
+async function api(path, body, signal) {
+  const options = body === undefined ? {} : { method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body), signal };
   const response = await fetch(path, options);
   const value = await response.json();
   if (!response.ok) throw new Error(value.error || response.statusText);
   return value;
+}
+
+function weightsOf(packed, n) {  // a head's weights as sent with encoding "u8": n x n bytes, round(255 w)
+  const bytes = Uint8Array.from(atob(packed), (c) => c.charCodeAt(0));
+  return Array.from({ length: n }, (_, q) => Array.from(bytes.subarray(q * n, (q + 1) * n), (b) => b / 255));
 }
 
 function svg(tag, attrs, parent) {
@@ -32,21 +37,29 @@ function debounce(fn, ms) {
 // prompt -> analysis -----------------------------------------------------------------------------
 
 async function analyze() {
+  // Only what the page draws is asked for: one layer, one head at full size (u8), thumbnails of the
+  // others, the candidates and lens of the selected position. A newer request aborts the one before,
+  // and the server stops reading a prompt nobody waits for.
   const prompt = $("prompt").value;
   if (!prompt) { $("tokens").replaceChildren(); return; }
-  const seq = ++state.seq;
+  if (state.inflight) state.inflight.abort();
+  const controller = new AbortController();
+  state.inflight = controller;
   const temperature = Math.max(0.05, Number($("temperature").value) || 1);
+  const samePrompt = state.analysis && state.lastPrompt === prompt;
+  const body = { prompt, top_k: Math.min(state.info.vocab_size, 20), temperature, layers: [state.layer], heads: [state.head],
+                 positions: [samePrompt ? state.position : -1], encoding: "u8", thumbnails: 40 };  // -1: the last token
   try {
-    const result = await api("/api/analyze", { prompt, top_k: Math.min(state.info.vocab_size, 20), temperature, layers: [state.layer] });
-    if (seq !== state.seq) return;  // a newer request is on its way
+    const result = await api("/api/analyze", body, controller.signal);
     state.analysis = result;
-    state.position = Math.min(state.position, result.tokens.length - 1);
-    if (state.position < 0 || state.lastLength !== result.tokens.length) state.position = result.tokens.length - 1;
-    state.lastLength = result.tokens.length;
+    state.lastPrompt = prompt;
+    state.position = samePrompt ? state.position : result.tokens.length - 1;
     $("status").textContent = result.cropped ? `The prompt is longer than the context: its last ${state.info.n_ctx} tokens are shown.` : "";
     drawAll();
   } catch (error) {
-    $("status").textContent = error.message;
+    if (error.name !== "AbortError") $("status").textContent = error.message;
+  } finally {
+    if (state.inflight === controller) state.inflight = null;
   }
 }
 
@@ -69,7 +82,7 @@ function drawTokens() {
     chip.title = `id ${t.id}` + (p === null ? "" : `, probability ${p.toFixed(4)}`);
     const surprise = p === null ? 0 : 1 - p;
     chip.style.background = `rgba(224, 83, 28, ${(0.8 * surprise).toFixed(3)})`;
-    chip.addEventListener("click", () => { state.position = i; drawAll(); });
+    chip.addEventListener("click", () => { state.position = i; drawTokens(); analyze(); });
     return chip;
   });
   $("tokens").replaceChildren(...chips);
@@ -78,6 +91,7 @@ function drawTokens() {
 
 function drawCandidates() {
   const top = state.analysis.positions[state.position].top;
+  if (!top) return;  // the answer for another position: the one for this one is on its way
   const k = Number($("top-k").value) || 0;
   const p = Number($("top-p").value) || 1;
   let total = 0;
@@ -100,53 +114,73 @@ function drawCandidates() {
     return row;
   });
   $("candidates").replaceChildren(...rows);
+  $("candidates").dataset.position = state.position;  // whose candidates these are
 }
 
-function heatmap(target, weights, labels, big) {
+function picture(target, weights, size) {  // weights (rows of numbers in [0, 1]) as one image: any T
+  const n = weights.length;
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = n;
+  const context = canvas.getContext("2d");
+  const image = context.createImageData(n, n);
+  weights.forEach((row, q) => row.forEach((w, k) => {
+    const at = 4 * (q * n + k), masked = k > q;
+    image.data.set(masked ? [238, 238, 238, 255] : [Math.round(255 - 200 * w), Math.round(255 - 150 * w), 255, 255], at);
+  }));
+  context.putImageData(image, 0, 0);
+  svg("image", { href: canvas.toDataURL(), width: size, height: size, preserveAspectRatio: "none", style: "image-rendering: pixelated" }, target);
+}
+
+function heatmap(target, weights, labels) {  // the selected head: a cell per weight while they stay readable
   const T = weights.length;
-  const cell = big ? Math.max(8, Math.min(28, Math.floor(440 / T))) : 80 / T;
-  const margin = big ? 70 : 0;
-  const size = margin + cell * T;
   target.replaceChildren();
-  target.setAttribute("viewBox", `0 0 ${size + 4} ${size + 4}`);
-  if (big) {
-    const defs = svg("defs", {}, target);
-    const hatch = svg("pattern", { id: "future", width: 6, height: 6, patternUnits: "userSpaceOnUse", patternTransform: "rotate(45)" }, defs);
-    svg("rect", { width: 6, height: 6, fill: "#eee" }, hatch);
-    svg("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#bbb", "stroke-width": 3 }, hatch);
+  if (T > 64) {  // a long prompt: one image, and the weight under the pointer
+    target.setAttribute("viewBox", "0 0 512 512");
+    picture(target, weights, 512);
+    target.onmousemove = (event) => {
+      const box = target.getBoundingClientRect();
+      const q = Math.floor((event.clientY - box.top) / box.height * T), k = Math.floor((event.clientX - box.left) / box.width * T);
+      if (q >= 0 && q < T && k >= 0 && k < T) $("weight").textContent = `query ${q} ${shown(labels[q])} → key ${k} ${shown(labels[k])}: ${k > q ? "masked (future)" : weights[q][k].toFixed(4)}`;
+    };
+    return;
   }
+  target.onmousemove = null;
+  const cell = Math.max(8, Math.min(28, Math.floor(440 / T))), margin = 70, size = margin + cell * T;
+  target.setAttribute("viewBox", `0 0 ${size + 4} ${size + 4}`);
+  const defs = svg("defs", {}, target);
+  const hatch = svg("pattern", { id: "future", width: 6, height: 6, patternUnits: "userSpaceOnUse", patternTransform: "rotate(45)" }, defs);
+  svg("rect", { width: 6, height: 6, fill: "#eee" }, hatch);
+  svg("line", { x1: 0, y1: 0, x2: 0, y2: 6, stroke: "#bbb", "stroke-width": 3 }, hatch);
   for (let q = 0; q < T; q++) {
     for (let k = 0; k < T; k++) {
       const w = weights[q][k];
       const masked = k > q;
-      const fill = masked ? (big ? "url(#future)" : "#eee") : `rgb(${Math.round(255 - 200 * w)}, ${Math.round(255 - 150 * w)}, 255)`;
+      const fill = masked ? "url(#future)" : `rgb(${Math.round(255 - 200 * w)}, ${Math.round(255 - 150 * w)}, 255)`;
       const rect = svg("rect", { x: margin + k * cell, y: margin + q * cell, width: cell, height: cell, fill, class: masked ? "masked" : "weight" }, target);
       rect.dataset.weight = w;
-      if (big) {
-        const note = masked ? "masked (future)" : w.toFixed(4);
-        svg("title", {}, rect).textContent = `query ${q} ${shown(labels[q])} → key ${k} ${shown(labels[k])}: ${note}`;
-        rect.addEventListener("mouseenter", () => { $("weight").textContent = `query ${q} → key ${k}: ${note}`; });
-      }
+      const note = masked ? "masked (future)" : w.toFixed(4);
+      svg("title", {}, rect).textContent = `query ${q} ${shown(labels[q])} → key ${k} ${shown(labels[k])}: ${note}`;
+      rect.addEventListener("mouseenter", () => { $("weight").textContent = `query ${q} → key ${k}: ${note}`; });
     }
   }
-  if (big) {
-    labels.forEach((label, i) => {
-      svg("text", { x: margin - 4, y: margin + i * cell + cell * 0.7, "text-anchor": "end" }, target).textContent = shown(label).slice(0, 8);
-      svg("text", { x: margin + i * cell + cell * 0.7, y: margin - 4, transform: `rotate(-90 ${margin + i * cell + cell * 0.7} ${margin - 4})` }, target).textContent = shown(label).slice(0, 8);
-    });
-  }
+  labels.forEach((label, i) => {
+    svg("text", { x: margin - 4, y: margin + i * cell + cell * 0.7, "text-anchor": "end" }, target).textContent = shown(label).slice(0, 8);
+    svg("text", { x: margin + i * cell + cell * 0.7, y: margin - 4, transform: `rotate(-90 ${margin + i * cell + cell * 0.7} ${margin - 4})` }, target).textContent = shown(label).slice(0, 8);
+  });
 }
 
 function drawAttention() {
-  const layer = state.analysis.attention[state.layer];
-  if (!layer) return;  // the answer to an older layer choice: a new one is on its way
-  const labels = state.analysis.tokens.map((t) => t.text);
-  heatmap($("attention"), layer[state.head], labels, true);
-  const small = layer.map((weights, h) => {
-    const el = svg("svg", { class: h === state.head ? "selected" : "" });
+  const { attention, thumbnails, tokens } = state.analysis;
+  const layer = attention[state.layer], thumbs = thumbnails[state.layer];
+  if (!layer || !layer[state.head]) return;  // the answer to an older choice: a new one is on its way
+  const labels = tokens.map((t) => t.text);
+  heatmap($("attention"), weightsOf(layer[state.head], labels.length), labels);
+  const n = Math.round(Math.sqrt(atob(thumbs[0]).length));
+  const small = thumbs.map((packed, h) => {
+    const el = svg("svg", { class: h === state.head ? "selected" : "", viewBox: "0 0 80 80" });
     svg("title", {}, el).textContent = `head ${h}`;
-    heatmap(el, weights, labels, false);
-    el.addEventListener("click", () => { $("head").value = h; state.head = h; drawAttention(); });
+    picture(el, weightsOf(packed, n), 80);
+    el.addEventListener("click", () => { $("head").value = h; state.head = h; analyze(); });
     return el;
   });
   $("heads").replaceChildren(...small);
@@ -165,7 +199,7 @@ function drawLens() {
     const name = document.createElement("td");
     name.textContent = l === 0 ? "embedding" : `block ${l - 1}`;
     const top = document.createElement("td");
-    top.textContent = layer[state.position].map((c) => `${shown(texts[c.id])} ${c.prob.toFixed(2)}`).join("   ");
+    top.textContent = (layer[state.position] || []).map((c) => `${shown(texts[c.id])} ${c.prob.toFixed(2)}`).join("   ");
     tr.append(name, top);
     return tr;
   });
@@ -279,7 +313,7 @@ async function start() {
   $("layer").replaceChildren(...options(i.n_layer, "layer"));
   $("head").replaceChildren(...options(i.n_head, "head"));
   $("layer").addEventListener("change", () => { state.layer = Number($("layer").value); analyze(); });
-  $("head").addEventListener("change", () => { state.head = Number($("head").value); drawAttention(); });
+  $("head").addEventListener("change", () => { state.head = Number($("head").value); analyze(); });
   $("prompt").addEventListener("input", debounce(analyze, 250));
   $("temperature").addEventListener("input", debounce(analyze, 150));
   $("top-k").addEventListener("input", () => state.analysis && drawCandidates());
