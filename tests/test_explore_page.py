@@ -272,18 +272,25 @@ def test_gpt2_124m_at_1024_tokens_answers_each_interaction_in_under_2_mb(browser
         def chips():
             return len(browser.find_elements(By.CLASS_NAME, "token"))
 
-        interaction("a new 1100-character prompt (cropped to 1024 tokens)", lambda: set_prompt(text),
-                    lambda: chips() == 1024 and "last 1024 tokens" in browser.find_element(By.ID, "status").text)  # fmt: skip
-        assert browser.find_elements(By.CSS_SELECTOR, "#attention image")  # one picture, not a million cells
+        def status():
+            return browser.find_element(By.ID, "status").text
 
+        def picture():
+            return browser.find_element(By.CSS_SELECTOR, "#attention image").get_attribute("href")
+
+        def choose(menu, value):
+            return lambda: Select(browser.find_element(By.ID, menu)).select_by_value(value)
+
+        interaction("a new 1100-character prompt (cropped to 1024 tokens)", lambda: set_prompt(text),
+                    lambda: chips() == 1024 and "last 1024 tokens" in status())  # fmt: skip
+        assert browser.find_elements(By.CSS_SELECTOR, "#attention image")  # one picture, not a million cells
+        shown_for = lambda: browser.find_element(By.ID, "candidates").get_attribute("data-position")  # noqa: E731
         interaction("select a position", lambda: browser.find_elements(By.CLASS_NAME, "token")[500].click(),
-                    lambda: browser.find_element(By.ID, "candidates").get_attribute("data-position") == "500")  # fmt: skip
-        before = browser.find_element(By.CSS_SELECTOR, "#attention image").get_attribute("href")
-        interaction("another head", lambda: Select(browser.find_element(By.ID, "head")).select_by_value("3"),
-                    lambda: browser.find_element(By.CSS_SELECTOR, "#attention image").get_attribute("href") != before)  # fmt: skip
-        before = browser.find_element(By.CSS_SELECTOR, "#attention image").get_attribute("href")
-        interaction("another layer", lambda: Select(browser.find_element(By.ID, "layer")).select_by_value("5"),
-                    lambda: browser.find_element(By.CSS_SELECTOR, "#attention image").get_attribute("href") != before)  # fmt: skip
+                    lambda: shown_for() == "500")  # fmt: skip
+        before = picture()
+        interaction("another head", choose("head", "3"), lambda: picture() != before)
+        before = picture()
+        interaction("another layer", choose("layer", "5"), lambda: picture() != before)
         # a prompt replaced while its reading is under way: the first request is aborted, and the
         # server stops reading it (it never reaches the cache of readings)
         replaced = text[:-1] + tok.tokens[7]
@@ -303,6 +310,7 @@ def test_gpt2_124m_at_1024_tokens_answers_each_interaction_in_under_2_mb(browser
         httpd.shutdown()
         httpd.server_close()
     grew = peak[0] - base
-    print(f"\nGPT-2 124M at 1024 tokens: {', '.join(f'{k}: {v:.2f} s' for k, v in timings.items())}; "
-          f"server memory grew by at most {grew / 2**20:.0f} MB (ru_maxrss {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10} MB)")  # fmt: skip
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss >> 10
+    took = ", ".join(f"{k}: {v:.2f} s" for k, v in timings.items())
+    print(f"\nGPT-2 124M at 1024 tokens: {took}; server memory grew by {grew >> 20} MB at most (peak {peak_mb} MB)")
     assert grew < 1_000 * 2**20  # every layer's activations at once would be about 2 GB
