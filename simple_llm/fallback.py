@@ -1,4 +1,5 @@
-"""NumPy twins of the compiled kernels in ``src/_kernels.pyx``: same names, same signatures.
+"""NumPy (and, for BPE's merges, plain Python) twins of the compiled kernels in ``src/_kernels.pyx``:
+same names, same signatures.
 
 Used when the extension is not built or ``SIMPLE_LLM_PURE_PYTHON=1`` is set, and as the reference the
 compiled kernels are tested against. Each function states the same equation as its compiled twin in
@@ -9,6 +10,10 @@ B = batch, T = sequence length, C = channels, NH = heads, hs = C / NH, V = vocab
 """
 
 from __future__ import annotations
+
+import heapq
+import operator
+from itertools import repeat
 
 import numpy as np
 
@@ -146,3 +151,51 @@ def adamw_update(params, grads, m, v, lr, beta1, beta2, eps, weight_decay, step)
     params *= 1.0 - lr * weight_decay
     denom = np.sqrt(v) / np.sqrt(1.0 - beta2**step) + eps
     params -= (lr / (1.0 - beta1**step)) * m / denom
+
+
+# byte-level BPE
+
+BYTES = [bytes([b]) for b in range(256)]
+
+
+def merge_piece(piece, ranks):
+    """The token ids of one piece (bytes): merge the lowest-ranked adjacent pair (the leftmost of
+    equals) until none merges; ranks maps a token's bytes to its rank, which is its id.
+
+    The pairs wait in a heap by (rank, position), so a piece of n bytes takes O(n log n), not the
+    O(n^2) of rescanning every pair after each merge (a 40 kB word without spaces: 0.04 s, not 25 s).
+    parts[i] is the token starting at byte i (None once merged into its left neighbour); nxt and prv
+    link the tokens still there; pair[i] is the rank of the pair starting at i (-1: none), and a heap
+    entry whose rank is no longer there is stale and skipped.
+
+    >>> merge_piece(b"abc", {b"a": 0, b"b": 1, b"c": 2, b"bc": 3, b"abc": 4})
+    [4]
+    """
+    parts = list(map(BYTES.__getitem__, piece))
+    n = len(parts)
+    if n < 2:
+        return [ranks[p] for p in parts]
+    nxt, prv = list(range(1, n + 1)), list(range(-1, n - 1))
+    get = ranks.get
+    pair = list(map(get, map(operator.add, parts, parts[1:]), repeat(-1, n - 1)))
+    pair.append(-1)
+    heap = [r * n + i for i, r in enumerate(pair) if r >= 0]  # (rank, position) as one int: faster
+    heapq.heapify(heap)
+    while heap:
+        rank, i = divmod(heapq.heappop(heap), n)
+        if pair[i] != rank:  # stale: that pair has changed since
+            continue
+        j = nxt[i]
+        parts[i] = merged = parts[i] + parts[j]
+        parts[j], pair[j], pair[i] = None, -1, -1
+        nxt[i] = k = nxt[j]
+        if k < n:
+            prv[k] = i
+            if (r := get(merged + parts[k], -1)) >= 0:
+                pair[i] = r
+                heapq.heappush(heap, r * n + i)
+        if (p := prv[i]) >= 0:
+            pair[p] = r = get(parts[p] + merged, -1)
+            if r >= 0:
+                heapq.heappush(heap, r * n + p)
+    return [ranks[p] for p in parts if p is not None]

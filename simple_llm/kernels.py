@@ -354,3 +354,17 @@ def adamw_update(
     _writable(fn, params=params, m=m, v=v)
     _separate(fn, ("params", "m", "v"), (), params=params, grads=grads, m=m, v=v)
     impl.adamw_update(params, grads, m, v, *hyper.values(), int(step))
+
+
+# byte-level BPE ----------------------------------------------------------------------------------
+
+
+def merge_piece(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
+    """The token ids of one piece under BPE: ranks maps each token's bytes to its rank (its id); the
+    lowest-ranked adjacent pair merges first. Every single byte of piece must have a rank."""
+    fn = "merge_piece"
+    if type(piece) is not bytes:
+        raise ValueError(f"{fn}: piece must be bytes, not {type(piece).__name__}")
+    if type(ranks) is not dict:
+        raise ValueError(f"{fn}: ranks must be a dict, not {type(ranks).__name__}")
+    return impl.merge_piece(piece, ranks)

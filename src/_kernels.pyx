@@ -18,6 +18,7 @@ float32 is computed in float32 (as PyTorch does), float64 in float64.
 from cython cimport floating
 from libc.math cimport log, sqrt
 from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
 
 from _floatmath cimport LANES, _exp, _row_dot, _row_max, _row_sum, _sqrt, _tanh
 
@@ -399,3 +400,116 @@ def adamw_update(floating[::1] params, const floating[::1] grads, floating[::1] 
             start = c * CHUNK
             _adamw_span(&params[start], &grads[start], &m[start], &v[start], min(CHUNK, n - start),
                         step_size, inv_bc2_sqrt, decay, <floating>beta1, <floating>beta2, <floating>eps)
+
+
+# ----------------------------------------------------------------------------------------------
+# byte-level BPE: one piece's merges
+
+cdef inline void _heap_push(int64_t* heap, Py_ssize_t* size, int64_t key) noexcept nogil:
+    cdef Py_ssize_t i = size[0]
+    cdef Py_ssize_t parent
+    size[0] += 1
+    while i > 0:
+        parent = (i - 1) >> 1
+        if heap[parent] <= key:
+            break
+        heap[i] = heap[parent]
+        i = parent
+    heap[i] = key
+
+
+cdef inline int64_t _heap_pop(int64_t* heap, Py_ssize_t* size) noexcept nogil:
+    cdef int64_t top = heap[0]
+    cdef int64_t last
+    cdef Py_ssize_t i = 0
+    cdef Py_ssize_t child
+    size[0] -= 1
+    last = heap[size[0]]
+    while True:
+        child = 2 * i + 1
+        if child >= size[0]:
+            break
+        if child + 1 < size[0] and heap[child + 1] < heap[child]:
+            child += 1
+        if heap[child] >= last:
+            break
+        heap[i] = heap[child]
+        i = child
+    heap[i] = last
+    return top
+
+
+cdef inline int64_t _rank(dict ranks, bytes token, int64_t limit) except -2:
+    """ranks[token], or -1 when token is not in it; a rank outside [0, limit) is a ValueError, so that
+    rank * n + position never overflows into a wrong position."""
+    cdef object found = ranks.get(token)
+    if found is None:
+        return -1
+    cdef int64_t rank = found
+    if rank < 0 or rank >= limit:
+        raise ValueError(f"merge_piece: the rank of {token!r} is {rank}, outside [0, {limit})")
+    return rank
+
+
+def merge_piece(bytes piece, dict ranks):
+    """Token ids of one piece: merge the lowest-ranked adjacent pair (the leftmost of equals) until
+    none merges. The same heap over (rank, position) as the fallback's, with the bookkeeping in C
+    arrays: only the dictionary look-ups of merged pairs stay Python calls."""
+    cdef Py_ssize_t n = len(piece)
+    if n < 2:
+        return [ranks[piece]] if n else []
+    cdef list parts = [piece[i : i + 1] for i in range(n)]
+    # pair[i]: the rank of the pair starting at i (-1: none); the heap holds n - 1 pairs at first and
+    # grows by one at most a merge (one pop, two pushes), so 2n keys
+    cdef int64_t* memory = <int64_t*>malloc(5 * n * sizeof(int64_t))
+    if memory == NULL:
+        raise MemoryError
+    cdef int64_t* pair = memory
+    cdef int64_t* nxt = memory + n
+    cdef int64_t* prv = memory + 2 * n
+    cdef int64_t* heap = memory + 3 * n
+    try:
+        return _merge(piece, ranks, parts, n, pair, nxt, prv, heap)
+    finally:
+        free(memory)
+
+
+cdef list _merge(bytes piece, dict ranks, list parts, Py_ssize_t n, int64_t* pair, int64_t* nxt,
+                 int64_t* prv, int64_t* heap):
+    cdef Py_ssize_t size = 0
+    cdef Py_ssize_t i, j, k, p
+    cdef int64_t key, rank, r
+    cdef int64_t limit = (<int64_t>1 << 62) // n
+    cdef bytes merged
+    for i in range(n):
+        nxt[i] = i + 1
+        prv[i] = i - 1
+        pair[i] = _rank(ranks, piece[i : i + 2], limit) if i + 1 < n else -1
+        if pair[i] >= 0:
+            _heap_push(heap, &size, pair[i] * n + i)
+    while size > 0:
+        key = _heap_pop(heap, &size)
+        rank, i = key // n, key % n
+        if pair[i] != rank:  # stale: that pair has changed since
+            continue
+        j = nxt[i]
+        merged = <bytes>parts[i] + <bytes>parts[j]
+        parts[i] = merged
+        parts[j] = None
+        pair[j] = -1
+        pair[i] = -1
+        k = nxt[j]
+        nxt[i] = k
+        if k < n:
+            prv[k] = i
+            r = _rank(ranks, merged + <bytes>parts[k], limit)
+            if r >= 0:
+                pair[i] = r
+                _heap_push(heap, &size, r * n + i)
+        p = prv[i]
+        if p >= 0:
+            r = _rank(ranks, <bytes>parts[p] + merged, limit)
+            pair[p] = r
+            if r >= 0:
+                _heap_push(heap, &size, r * n + p)
+    return [ranks[part] for part in parts if part is not None]

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import corpus
 
-from simple_llm import load_tokenizer
-from simple_llm.bpe import ENDOFTEXT, BPETokenizer, merge_piece
+from simple_llm import fallback, kernels, load_tokenizer
+from simple_llm.bpe import ENDOFTEXT, BPETokenizer
 from simple_llm.bpe_merges import learn_merges
 
 SAMPLE = "hello hello world, hello there! 日本語のテキスト、日本語の文。 ta ta ta\n\n  spaces   and\ttabs\n"
@@ -31,10 +31,21 @@ def test_learn_merges_by_hand():
     assert learn_merges([list(b"aaabdaaabac")], [1], 10) == [(97, 97), (97, 98), (256, 257)]
 
 
-def test_merge_piece_prefers_the_lowest_rank():
+def test_merge_piece_prefers_the_lowest_rank(backend):
     ranks = {bytes([b]): b for b in range(256)} | {b"ab": 256, b"bc": 257, b"abc": 258}
-    assert merge_piece(b"abc", ranks) == [258]  # ab first (rank 256), then ab+c
-    assert merge_piece(b"bcab", ranks) == [256 + 1, 256]  # bc and ab; 'bcab' is no token
+    assert kernels.merge_piece(b"abc", ranks) == [258]  # ab first (rank 256), then ab+c
+    assert kernels.merge_piece(b"bcab", ranks) == [256 + 1, 256]  # bc and ab; 'bcab' is no token
+    assert kernels.merge_piece(b"", ranks) == [] and kernels.merge_piece(b"c", ranks) == [99]
+
+
+def test_merge_piece_refuses_what_it_cannot_read(backend):
+    ranks = {bytes([b]): b for b in range(256)}
+    with pytest.raises(ValueError, match="piece must be bytes"):
+        kernels.merge_piece("abc", ranks)
+    with pytest.raises(ValueError, match="ranks must be a dict"):
+        kernels.merge_piece(b"abc", list(ranks))
+    with pytest.raises(KeyError):
+        kernels.merge_piece(b"ab", {b"a": 0})  # a byte without a token
 
 
 def naive_merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
@@ -48,9 +59,22 @@ def naive_merge(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
         parts[i : i + 2] = [parts[i] + parts[i + 1]]
 
 
+def merge_pieces():
+    return [fallback.merge_piece, pytest.param("compiled", id="compiled")]
+
+
+def merge_of(which):
+    """The fallback's merge_piece, or the compiled one (skipped, or failed under
+    SIMPLE_LLM_REQUIRE_COMPILED, when it is not built)."""
+    from support import compiled_kernels
+
+    return compiled_kernels().merge_piece if which == "compiled" else which
+
+
+@pytest.mark.parametrize("merge", merge_pieces())
 @settings(max_examples=300, deadline=None)
-@given(st.binary(max_size=40), st.lists(st.binary(min_size=2, max_size=4), max_size=30), st.randoms())
-def test_merge_piece_is_plain_bpe(piece, tokens, rnd):
+@given(piece=st.binary(max_size=40), tokens=st.lists(st.binary(min_size=2, max_size=4), max_size=30), rnd=st.randoms())
+def test_merge_piece_is_plain_bpe(merge, piece, tokens, rnd):
     """The heap of merge_piece against the rescanning definition, on a small alphabet so that merges,
     ties and overlapping pairs are common."""
     piece = bytes(b % 3 + 97 for b in piece)
@@ -60,14 +84,25 @@ def test_merge_piece_is_plain_bpe(piece, tokens, rnd):
         cut = rnd.randrange(1, len(t))
         if t[:cut] in ranks and t[cut:] in ranks:
             ranks.setdefault(t, 256 + len(ranks))
-    assert merge_piece(piece, ranks) == naive_merge(piece, ranks)
+    assert merge_of(merge)(piece, ranks) == naive_merge(piece, ranks)
 
 
-def test_a_long_word_is_not_quadratic():
+def test_a_long_word_is_not_quadratic(backend):
     """160 kB of letters without a space is one piece: rescanning took minutes; the heap, a moment."""
     ranks = {bytes([b]): b for b in range(256)} | {b"ab": 256, b"abab": 257, b"ba": 258}
-    assert merge_piece(b"ab" * 80_000, ranks) == [257] * 40_000
-    assert merge_piece(b"b" + b"ab" * 80_000, ranks) == [ord("b")] + [257] * 40_000  # ab (256) before ba (258)
+    assert kernels.merge_piece(b"ab" * 80_000, ranks) == [257] * 40_000
+    assert kernels.merge_piece(b"b" + b"ab" * 80_000, ranks) == [ord("b")] + [257] * 40_000  # ab before ba
+
+
+def test_compiled_merge_piece_matches_the_fallback_on_real_text():
+    from support import compiled_kernels
+
+    from simple_llm.bpe import compile_pattern, split_pieces
+
+    tok = BPETokenizer.train(corpus("shakespeare").read_text(encoding="utf-8")[:30_000], 600)
+    pieces = [p.encode() for p in split_pieces(SAMPLE * 3 + "x" * 300, compile_pattern("gpt2"))]
+    compiled = compiled_kernels()
+    assert [compiled.merge_piece(p, tok.ranks) for p in pieces] == [fallback.merge_piece(p, tok.ranks) for p in pieces]
 
 
 def naive_learn_merges(words, counts, n_merges):
