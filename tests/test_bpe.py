@@ -36,6 +36,10 @@ def test_merge_piece_prefers_the_lowest_rank(backend):
     assert kernels.merge_piece(b"abc", ranks) == [258]  # ab first (rank 256), then ab+c
     assert kernels.merge_piece(b"bcab", ranks) == [256 + 1, 256]  # bc and ab; 'bcab' is no token
     assert kernels.merge_piece(b"", ranks) == [] and kernels.merge_piece(b"c", ranks) == [99]
+    # a pair that changed after it was queued: bc (257) is gone once cd (256) merges, and b + cd
+    # (bcd, 259) must wait its own turn, after ab (258)
+    ranks = {bytes([b]): b for b in range(256)} | {b"cd": 256, b"bc": 257, b"ab": 258, b"bcd": 259}
+    assert kernels.merge_piece(b"abcd", ranks) == [258, 256]
 
 
 def test_merge_piece_refuses_what_it_cannot_read(backend):

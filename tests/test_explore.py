@@ -133,6 +133,13 @@ def test_heads_positions_encoding_and_thumbnails_are_what_was_asked(server, mode
     assert out["thumbnails"][1] is None and len(out["thumbnails"][0]) == 2
 
 
+@pytest.mark.parametrize("asked, got", [([-1], [15]), ([-16, 2], [0, 2]), ([-17, 16, 23], []), ([-2, 14], [14])])
+def test_negative_positions_count_from_the_end(server, asked, got):
+    _, out = request(server, "POST", "/api/analyze", {"prompt": "Hello world! abc", "positions": asked})
+    assert [t for t, p in enumerate(out["positions"]) if p["top"] is not None] == got
+    assert [t for t, p in enumerate(out["logit_lens"][0]) if p is not None] == got
+
+
 def test_an_answer_too_large_is_refused_with_what_to_ask(model_dir, monkeypatch):
     from simple_llm import explorer_api
     from simple_llm.explorer_api import TooLarge
