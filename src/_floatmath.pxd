@@ -1,8 +1,10 @@
 # cython: language_level=3
 """Float arithmetic that vectorises, for src/_kernels.pyx: exp, tanh and sqrt for float32 and float64,
 and sums, maxima and dot products over a row. Inline functions: each is compiled into the kernel
-that calls it, so the compiler sees the whole loop.
+that calls it, so the compiler sees the whole loop. A loop marked ``# simd`` (here and in
+_kernels.pyx) must be vectorised in its float32 variant: .ci/check_vectorised.py reads GCC's report.
 """
+cimport cython
 from cython cimport floating
 from libc.math cimport INFINITY, exp, sqrt, sqrtf
 from libc.stdint cimport int32_t
@@ -56,7 +58,7 @@ cdef inline floating _row_sum(const floating* x, Py_ssize_t n) noexcept nogil:
     cdef floating total = 0
     for k in range(LANES):
         acc[k] = 0
-    for blk in range(whole // LANES):
+    for blk in range(whole // LANES):  # simd
         j = blk * LANES
         for k in range(LANES):
             acc[k] = acc[k] + x[j + k]
@@ -90,7 +92,7 @@ cdef inline floating _row_dot(const floating* a, const floating* b, Py_ssize_t n
     cdef floating total = 0
     for k in range(LANES):
         acc[k] = 0
-    for blk in range(whole // LANES):
+    for blk in range(whole // LANES):  # simd
         j = blk * LANES
         for k in range(LANES):
             acc[k] = acc[k] + a[j + k] * b[j + k]
@@ -108,6 +110,7 @@ cdef inline floating _sqrt(floating x) noexcept nogil:
         return sqrt(x)
 
 
+@cython.cdivision(True)  # no zero check (1 + e >= 1): Cython's would take the GIL in the loop and stop it vectorising
 cdef inline floating _tanh(floating u) noexcept nogil:
     # tanh through one exp (libm's tanh is 3x slower here and never vectorises)
     cdef floating zero = 0, one = 1, two = 2  # typed: see _expf

@@ -80,11 +80,11 @@ cdef inline void _layernorm_row(floating* out, floating* mean, floating* rstd, c
                                 double eps) noexcept nogil:
     cdef Py_ssize_t c
     cdef floating m = _row_sum(x, C) / C, var, s
-    for c in range(C):
+    for c in range(C):  # simd
         out[c] = x[c] - m  # out holds the deviations for a moment
     var = _row_dot(out, out, C) / C  # biased variance, as torch.nn.LayerNorm
     s = 1 / _sqrt(<floating>(var + eps))
-    for c in range(C):
+    for c in range(C):  # simd
         out[c] = out[c] * s * w[c] + bias[c]
     mean[0] = m
     rstd[0] = s
@@ -108,13 +108,13 @@ cdef inline void _layernorm_row_backward(floating* dx, const floating* dout, con
                                          Py_ssize_t C) noexcept nogil:
     cdef Py_ssize_t c
     cdef floating dnorm, dnorm_mean = 0, dnorm_norm_mean = 0
-    for c in range(C):
+    for c in range(C):  # simd
         dnorm = w[c] * dout[c]
         dnorm_mean = dnorm_mean + dnorm
         dnorm_norm_mean = dnorm_norm_mean + dnorm * (x[c] - mean) * rstd
     dnorm_mean = dnorm_mean / C
     dnorm_norm_mean = dnorm_norm_mean / C
-    for c in range(C):
+    for c in range(C):  # simd
         dx[c] += (w[c] * dout[c] - dnorm_mean - (x[c] - mean) * rstd * dnorm_norm_mean) * rstd
 
 
@@ -140,14 +140,14 @@ cdef void _layernorm_param_grads(floating* dweight, floating* dbias, const float
             part_b[c] = 0
         for i in range(i0, min(i0 + LN_ROWS, N)):
             norm_scale = rstd[i]
-            for c in range(cols):
+            for c in range(cols):  # simd
                 d = dout[i * stride + c]
                 part_b[c] += d
                 part_w[c] += (x[i * stride + c] - mean[i]) * norm_scale * d
-        for c in range(cols):
+        for c in range(cols):  # simd
             acc_w[c] += part_w[c]
             acc_b[c] += part_b[c]
-    for c in range(cols):
+    for c in range(cols):  # simd
         dbias[c] += <floating>acc_b[c]
         dweight[c] += <floating>acc_w[c]
 
@@ -183,10 +183,10 @@ def layernorm_backward(floating[:, ::1] dinp, floating[::1] dweight, floating[::
 cdef inline void _softmax_row(floating* p, const floating* x, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t j
     cdef floating m = _row_max(x, n)
-    for j in range(n):
+    for j in range(n):  # simd
         p[j] = _exp(x[j] - m)
     cdef floating total = 1 / _row_sum(p, n)
-    for j in range(n):
+    for j in range(n):  # simd
         p[j] = p[j] * total
 
 
@@ -208,10 +208,10 @@ cdef void _causal_softmax_row(floating* row, Py_ssize_t n, Py_ssize_t T, floatin
     # row[:n] = softmax(scale * row[:n]); row[n:T] = 0, the keys after the query
     cdef Py_ssize_t j
     cdef floating m = _row_max(row, n) * scale  # scale > 0, so the largest scaled score is the scaled largest
-    for j in range(n):
+    for j in range(n):  # simd
         row[j] = _exp(row[j] * scale - m)
     cdef floating total = 1 / _row_sum(row, n)
-    for j in range(n):
+    for j in range(n):  # simd
         row[j] = row[j] * total
     for j in range(n, T):
         row[j] = 0
@@ -234,7 +234,7 @@ def attention_softmax_forward(floating[:, :, :, ::1] att, double scale):
 cdef void _softmax_backward_row(floating* d, const floating* p, Py_ssize_t T, floating scale) noexcept nogil:
     cdef Py_ssize_t j
     cdef floating dot = _row_dot(p, d, T)
-    for j in range(T):
+    for j in range(T):  # simd
         d[j] = scale * p[j] * (d[j] - dot)
 
 
@@ -260,7 +260,7 @@ def attention_softmax_backward(floating[:, :, :, ::1] datt, const floating[:, :,
 cdef void _gelu_forward_span(floating* out, floating* th, const floating* inp, Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating x, half = 0.5, one = 1, s = GELU_SCALE, a = GELU_CUBIC
-    for i in range(n):
+    for i in range(n):  # simd
         x = inp[i]
         th[i] = _tanh(s * (x + a * x * x * x))
         out[i] = half * x * (one + th[i])
@@ -270,7 +270,7 @@ cdef void _gelu_backward_span(floating* dinp, const floating* inp, const floatin
                               Py_ssize_t n) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating x, half = 0.5, one = 1, three = 3, s = GELU_SCALE, a = GELU_CUBIC
-    for i in range(n):
+    for i in range(n):  # simd
         x = inp[i]
         dinp[i] = dout[i] * (half * (one + th[i]) + half * x * (one - th[i] * th[i]) * s * (one + three * a * x * x))
 
@@ -344,7 +344,7 @@ cdef inline void _crossentropy_row_backward(floating* d, const floating* x, floa
         for j in range(V):
             d[j] = 0
         return
-    for j in range(V):
+    for j in range(V):  # simd
         d[j] = _exp(x[j] - lse) * dloss
     d[target] -= dloss
 
@@ -372,7 +372,7 @@ cdef void _adamw_span(floating* p, const floating* grads, floating* m, floating*
                       floating beta2, floating eps) noexcept nogil:
     cdef Py_ssize_t i
     cdef floating g, mi, vi, one = 1
-    for i in range(n):
+    for i in range(n):  # simd
         g = grads[i]
         mi = m[i] + (one - beta1) * (g - m[i])  # torch's lerp form of beta1 m + (1 - beta1) g
         vi = beta2 * v[i] + (one - beta2) * g * g

@@ -1,0 +1,101 @@
+"""CI: fail when a float32 inner loop of the compiled kernels stops vectorising.
+
+python .ci/check_vectorised.py
+
+Every loop marked ``# simd`` in src/_kernels.pyx and src/_floatmath.pxd must be reported by GCC as
+"loop vectorized" in the float32 variant of its function. The check compiles the C file that the
+build wrote from the .pyx (src/_kernels.c) once more, with setup.py's flags and GCC's vectorisation
+report, and maps each reported loop back to its function (Cython's __pyx_fuse_0 variant is float32)
+and to the .pyx line that Cython's comments name. A timing would catch a scalar loop only by luck:
+this catches it by name (the float32 exp loops said they vectorised and compiled to scalar code, 35x
+slower than np.tanh, until a zero-division check that Cython put in _tanh was turned off).
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import subprocess
+import sys
+import sysconfig
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = ("_kernels.pyx", "_floatmath.pxd")
+FUNCTION = re.compile(
+    r"^static[^=;]*?\b(?:__pyx_fuse_(\d))?__pyx_f_(?:10simple_llm_8_kernels|10_floatmath)_(\w+)\(.*\)\s*\{"
+)
+ORIGIN = re.compile(r'/\* "(?:src/)?(_kernels\.pyx|_floatmath\.pxd)":(\d+)')
+REPORT = re.compile(r".*_kernels\.c:(\d+):\d+: optimized: loop vectorized")
+
+
+def marked_loops() -> set[tuple[str, int]]:
+    """(file, line) of every loop marked # simd."""
+    return {
+        (name, number)
+        for name in SOURCES
+        for number, line in enumerate((ROOT / "src" / name).read_text(encoding="utf-8").splitlines(), 1)
+        if line.rstrip().endswith("# simd")
+    }
+
+
+def c_origins(c_file: Path) -> list[tuple[str | None, str | None, tuple[str, int] | None]]:
+    """For each line of the generated C: (function, fused variant, (source file, line))."""
+    origins = []
+    function = variant = origin = None
+    for line in c_file.read_text(encoding="utf-8").splitlines():
+        if m := FUNCTION.match(line):
+            variant, function, origin = m.group(1), m.group(2), None
+        elif line.startswith("}"):
+            function = variant = None
+        if m := ORIGIN.search(line):
+            origin = (m.group(1), int(m.group(2)))
+        origins.append((function, variant, origin))
+    return origins
+
+
+def gcc_flags() -> list[str]:
+    """setup.py's GCC_FLAGS, read without running setup.py."""
+    tree = ast.parse((ROOT / "setup.py").read_text(encoding="utf-8"))
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", "") == "GCC_FLAGS" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise SystemExit("setup.py has no GCC_FLAGS")
+
+
+def vectorised(c_file: Path) -> set[tuple[str, int]]:
+    """The (file, line) of the loops GCC vectorised in float32 functions."""
+    includes = [f"-I{sysconfig.get_paths()['include']}", f"-I{np.get_include()}"]
+    with tempfile.TemporaryDirectory() as tmp:
+        command = ["gcc", *gcc_flags(), "-fPIC", *includes, "-c", str(c_file), "-o", f"{tmp}/k.o",
+                   "-fopt-info-vec-optimized"]  # fmt: skip
+        report = subprocess.run(command, capture_output=True, text=True, check=True).stderr
+    origins = c_origins(c_file)
+    found = set()
+    for line in report.splitlines():
+        if m := REPORT.match(line):
+            function, variant, origin = origins[int(m.group(1)) - 1]
+            if function and variant in (None, "0") and origin:  # float32 (or not fused)
+                found.add(origin)
+    return found
+
+
+def main() -> None:
+    c_file = ROOT / "src" / "_kernels.c"
+    if not c_file.exists():
+        raise SystemExit(f"{c_file} is missing: build the extension first (pip install -e .)")
+    marked, done = marked_loops(), vectorised(c_file)
+    missing = sorted(marked - done)
+    print(f"float32 loops marked # simd: {len(marked)}; vectorised: {len(marked & done)}")
+    if missing:
+        for name, number in missing:
+            code = (ROOT / "src" / name).read_text(encoding="utf-8").splitlines()[number - 1].strip()
+            print(f"  not vectorised: src/{name}:{number}: {code}")
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
