@@ -6,7 +6,7 @@ import doctest
 
 import pytest
 
-import simple_llm.bpe
+import simple_llm.fallback
 import simple_llm.bpe_merges
 import simple_llm.evaluate
 import simple_llm.parallel
@@ -14,7 +14,7 @@ import simple_llm.params
 import simple_llm.session
 
 MODULES = [
-    simple_llm.bpe,
+    simple_llm.fallback,
     simple_llm.bpe_merges,
     simple_llm.evaluate,
     simple_llm.parallel,
