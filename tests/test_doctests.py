@@ -6,9 +6,9 @@ import doctest
 
 import pytest
 
-import simple_llm.fallback
 import simple_llm.bpe_merges
 import simple_llm.evaluate
+import simple_llm.fallback
 import simple_llm.parallel
 import simple_llm.params
 import simple_llm.session
