@@ -48,7 +48,12 @@ class Handler(BaseHTTPRequestHandler):
         pass
 
     def send_json(self, value: Any, status: int = 200) -> None:
-        data = json.dumps(value, allow_nan=False).encode("utf-8")  # NaN is not JSON: a bug, never sent
+        try:
+            data = json.dumps(value, allow_nan=False).encode("utf-8")  # NaN and Infinity are not JSON
+        except ValueError:
+            message = "the answer holds a number that is not finite: are the model's weights finite?"
+            value, status = {"error": message}, HTTPStatus.INTERNAL_SERVER_ERROR
+            data = json.dumps(value).encode("utf-8")
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))

@@ -171,7 +171,7 @@ def merge_piece(piece, ranks):
     >>> merge_piece(b"abc", {b"a": 0, b"b": 1, b"c": 2, b"bc": 3, b"abc": 4})
     [4]
     """
-    parts = list(map(BYTES.__getitem__, piece))
+    parts: list[bytes | None] = list(map(BYTES.__getitem__, piece))  # None: merged into its left
     n = len(parts)
     if n < 2:
         return [ranks[p] for p in parts]

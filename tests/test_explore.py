@@ -428,3 +428,17 @@ def test_a_tiny_temperature_answers_finite_json(server):
         assert status == 200
         probs = [c["prob"] for position in out["positions"] for c in position["top"]]
         assert all(p in (0.0, 1.0) for p in probs) and 1.0 in probs
+
+
+def test_a_model_with_nan_weights_answers_an_error_never_nan(model_dir):
+    """JSON has no NaN: an answer holding one is a 500 that says why, not invalid JSON."""
+    model, tok = GPT.from_pretrained(model_dir), CharTokenizer.load(model_dir)
+    model.params["ln_f.weight"][0] = np.nan
+    httpd = serve(Explorer(model, tok, model_dir), "127.0.0.1", 0)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        status, out = request(httpd.server_address[:2], "POST", "/api/analyze", {"prompt": "Hello"})
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert status == 500 and "not finite" in out["error"]
