@@ -1,9 +1,12 @@
-"""Builds the compiled kernels: src/_kernels.pyx (with src/_floatmath.pxd) -> simple_llm._kernels.
+"""Builds the compiled kernels: src/_kernels.pyx (with src/_floatmath.pxd) -> simple_llm._kernels, and on
+x86-64 the same again for AVX2 + FMA CPUs -> simple_llm._kernels_avx2 (src/_kernels_avx2.pyx).
 
 Everything else about the package is declared in pyproject.toml. The kernels use no OpenMP: each runs
 on its caller's thread, and the model runs one thread per core over shards of the batch
 (simple_llm/parallel.py), so nothing needs a compiler's OpenMP runtime.
 """
+
+import platform
 
 import numpy as np
 from Cython.Build import cythonize
@@ -19,22 +22,34 @@ from setuptools.command.build_ext import build_ext
 GCC_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros"]
 
 
+# The same kernels twice on x86-64: for the baseline instruction set, which every CPU runs (SSE2, four
+# float32 lanes), and for AVX2 + FMA (eight lanes, fused multiply-adds). simple_llm.kernels picks
+# the widest one the CPU runs when it is imported, so one wheel runs everywhere and fast.
+LEVELS = {"_kernels": {}, "_kernels_avx2": {"gcc": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]}}
+X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+
+
 class BuildExt(build_ext):
     def build_extensions(self):
-        msvc = self.compiler.compiler_type == "msvc"
+        kind = "msvc" if self.compiler.compiler_type == "msvc" else "gcc"
         for ext in self.extensions:
-            ext.extra_compile_args += ["/O2"] if msvc else GCC_FLAGS
+            level = LEVELS[ext.name.split(".")[-1]].get(kind, [])
+            ext.extra_compile_args += (["/O2"] if kind == "msvc" else GCC_FLAGS) + level
         super().build_extensions()
 
 
-extension = Extension(
-    "simple_llm._kernels",
-    ["src/_kernels.pyx"],
-    include_dirs=[np.get_include()],
-    define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
-)
+extensions = [
+    Extension(
+        f"simple_llm.{name}",
+        [f"src/{name}.pyx"],
+        include_dirs=[np.get_include()],
+        define_macros=[("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION")],
+    )
+    for name in LEVELS
+    if name == "_kernels" or X86_64
+]
 
 setup(
-    ext_modules=cythonize([extension], language_level=3, include_path=["src"]),
+    ext_modules=cythonize(extensions, language_level=3, include_path=["src"]),
     cmdclass={"build_ext": BuildExt},
 )

@@ -22,6 +22,7 @@ for need in (
     "data/data_en.txt",
     "docs/PROCESSING_FLOW.md",
     "tests/test_kernels.py",
+    "src/_kernels_avx2.pyx",
     "tests/data/shakespeare_excerpt.txt",
     "simple_llm/explorer/app.js",
     "LICENSE-MIT",
@@ -32,7 +33,8 @@ for need in (
 assert not [n for n in names if n.endswith((".c", ".so", ".pyd", ".o"))], "the sdist holds build products"
 with zipfile.ZipFile(next(dist.glob("*.whl"))) as wheel:
     files = wheel.namelist()
-assert any(f.startswith("simple_llm/_kernels.") and f.endswith((".so", ".pyd")) for f in files), "no compiled module"
+for module in ("_kernels.", "_kernels_avx2."):  # the baseline build and the AVX2 one (an x86-64 machine)
+    assert any(f.startswith(f"simple_llm/{module}") and f.endswith((".so", ".pyd")) for f in files), f"no {module}"
 for need in (
     "simple_llm/data/data.txt",
     "simple_llm/data/data_en.txt",

@@ -3,10 +3,11 @@
 python .ci/check_vectorised.py
 
 Every loop marked ``# simd`` in src/_kernels.pyx and src/_floatmath.pxd must be reported by GCC as
-"loop vectorized" in the float32 variant of its function. The check compiles the C file that the
-build wrote from the .pyx (src/_kernels.c) once more, with setup.py's flags and GCC's vectorisation
-report, and maps each reported loop back to its function (Cython's __pyx_fuse_0 variant is float32)
-and to the .pyx line that Cython's comments name. A timing would catch a scalar loop only by luck:
+"loop vectorized" in the float32 variant of its function, in each build: the baseline one
+(src/_kernels.c) and the AVX2 + FMA one (src/_kernels_avx2.c, with 32-byte vectors). The check
+compiles the C files that the build wrote from the .pyx files once more, with setup.py's flags and
+GCC's vectorisation report, and maps each reported loop back to its function (Cython's __pyx_fuse_0
+variant is float32) and to the .pyx line that Cython's comments name. A timing would catch a scalar loop only by luck:
 this catches it by name (the float32 exp loops said they vectorised and compiled to scalar code, 35x
 slower than np.tanh, until a zero-division check that Cython put in _tanh was turned off).
 """
@@ -14,6 +15,7 @@ slower than np.tanh, until a zero-division check that Cython put in _tanh was tu
 from __future__ import annotations
 
 import ast
+import platform
 import re
 import subprocess
 import sys
@@ -26,10 +28,11 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("_kernels.pyx", "_floatmath.pxd")
 FUNCTION = re.compile(
-    r"^static[^=;]*?\b(?:__pyx_fuse_(\d))?__pyx_f_(?:10simple_llm_8_kernels|10_floatmath)_(\w+)\(.*\)\s*\{"
+    r"^static[^=;]*?\b(?:__pyx_fuse_(\d))?__pyx_f_(?:10simple_llm_\d+_kernels(?:_avx2)?|10_floatmath)_(\w+)\(.*\)\s*\{"
 )
 ORIGIN = re.compile(r'/\* "(?:src/)?(_kernels\.pyx|_floatmath\.pxd)":(\d+)')
-REPORT = re.compile(r".*_kernels\.c:(\d+):\d+: optimized: loop vectorized")
+REPORT = re.compile(r".*_kernels(?:_avx2)?\.c:(\d+):\d+: optimized: loop vectorized using (\d+) byte vectors")
+BUILDS = {"_kernels": ([], 16), "_kernels_avx2": (["-mavx2", "-mfma"], 32)}  # extra flags, widest vectors
 
 
 def marked_loops() -> set[tuple[str, int]]:
@@ -66,17 +69,17 @@ def gcc_flags() -> list[str]:
     raise SystemExit("setup.py has no GCC_FLAGS")
 
 
-def vectorised(c_file: Path) -> set[tuple[str, int]]:
-    """The (file, line) of the loops GCC vectorised in float32 functions."""
+def vectorised(c_file: Path, flags: list[str], width: int) -> set[tuple[str, int]]:
+    """The (file, line) of the loops GCC vectorised with `width`-byte vectors in float32 functions."""
     includes = [f"-I{sysconfig.get_paths()['include']}", f"-I{np.get_include()}"]
     with tempfile.TemporaryDirectory() as tmp:
-        command = ["gcc", *gcc_flags(), "-fPIC", *includes, "-c", str(c_file), "-o", f"{tmp}/k.o",
+        command = ["gcc", *gcc_flags(), *flags, "-fPIC", *includes, "-c", str(c_file), "-o", f"{tmp}/k.o",
                    "-fopt-info-vec-optimized"]  # fmt: skip
         report = subprocess.run(command, capture_output=True, text=True, check=True).stderr
     origins = c_origins(c_file)
     found = set()
     for line in report.splitlines():
-        if m := REPORT.match(line):
+        if (m := REPORT.match(line)) and int(m.group(2)) == width:
             function, variant, origin = origins[int(m.group(1)) - 1]
             if function and variant in (None, "0") and origin:  # float32 (or not fused)
                 found.add(origin)
@@ -84,16 +87,21 @@ def vectorised(c_file: Path) -> set[tuple[str, int]]:
 
 
 def main() -> None:
-    c_file = ROOT / "src" / "_kernels.c"
-    if not c_file.exists():
-        raise SystemExit(f"{c_file} is missing: build the extension first (pip install -e .)")
-    marked, done = marked_loops(), vectorised(c_file)
-    missing = sorted(marked - done)
-    print(f"float32 loops marked # simd: {len(marked)}; vectorised: {len(marked & done)}")
-    if missing:
+    marked, failed = marked_loops(), False
+    for build, (flags, width) in BUILDS.items():
+        c_file = ROOT / "src" / f"{build}.c"
+        if not c_file.exists():
+            if build == "_kernels" or platform.machine().lower() in ("x86_64", "amd64"):
+                raise SystemExit(f"{c_file} is missing: build the extension first (pip install -e .)")
+            continue
+        missing = sorted(marked - vectorised(c_file, flags, width))
+        done = len(marked) - len(missing)
+        print(f"{build}: float32 loops marked # simd: {len(marked)}; vectorised {width} bytes wide: {done}")
         for name, number in missing:
             code = (ROOT / "src" / name).read_text(encoding="utf-8").splitlines()[number - 1].strip()
             print(f"  not vectorised: src/{name}:{number}: {code}")
+        failed = failed or bool(missing)
+    if failed:
         sys.exit(1)
 
 

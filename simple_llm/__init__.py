@@ -4,14 +4,15 @@
     model = GPT(GPTConfig(vocab_size=65, n_ctx=64, n_embd=128, n_head=4, n_layer=4))
     loss, grads = model.loss_and_grads(idx, targets)
 
-``BACKEND`` says which kernels run: "cython" (compiled) or "numpy" (the fallback).
+``BACKEND`` says which kernels run: "cython" (compiled) or "numpy" (the fallback); ``SIMD``, the
+compiled build's instruction level: "avx2" or "baseline" (None on the fallback).
 """
 
 __version__ = "0.1.0"
 
 from .bpe import BPETokenizer, GPT2Tokenizer
 from .config import GPTConfig
-from .kernels import BACKEND
+from .kernels import BACKEND, SIMD
 from .model import GPT
 from .modeldir import load_model, load_tokenizer
 from .optim import SGD, AdamW, clip_grad_norm, lr_at
@@ -21,6 +22,7 @@ __all__ = [
     "BACKEND",
     "GPT",
     "SGD",
+    "SIMD",
     "AdamW",
     "BPETokenizer",
     "CharTokenizer",

@@ -288,7 +288,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: no PyTorch comparison: {why}")
     gflops, bandwidth = gemm_gflops(), read_bandwidth_gbs()
     print(
-        f"simple_llm bench: {cores()} cores; kernels {kernels.BACKEND}; BLAS {blas_info()}; "
+        f"simple_llm bench: {cores()} cores; kernels {kernels.BACKEND} ({kernels.SIMD or 'no SIMD level'}); "
+        f"BLAS {blas_info()}; "
         f"float32 GEMM (n=1024): {gflops:.1f} GFLOP/s; memory read: {bandwidth:.1f} GB/s"
     )
     print("each contender in its own process at its own defaults; ratios: median over rounds")

@@ -16,7 +16,7 @@ from . import __version__
 from .cli_args import Parser, add_sampling_flags, positive_int
 from .config import GPTConfig
 from .fileio import read_text_file
-from .kernels import BACKEND
+from .kernels import BACKEND, SIMD
 from .model import GPT
 from .optim import AdamW
 from .parallel import cores
@@ -122,7 +122,7 @@ def run(args: argparse.Namespace) -> int:
     n = cores()
     print(
         f"Training a small GPT-2 on {len(sentences)} sentences from {path} "
-        f"({BACKEND} kernels, {n} core{'s' if n != 1 else ''})",
+        f"({BACKEND} kernels{', ' + SIMD if SIMD else ''}, {n} core{'s' if n != 1 else ''})",
         flush=True,
     )
 

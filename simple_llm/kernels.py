@@ -1,8 +1,12 @@
 """The kernels, compiled or NumPy, behind one checked interface.
 
-The backend is chosen once, at import time, as msgpack does it: the compiled ``simple_llm._kernels``
-when it imports, the NumPy ``simple_llm.fallback`` otherwise or when ``SIMPLE_LLM_PURE_PYTHON=1``.
-``SIMPLE_LLM_REQUIRE_COMPILED=1`` turns a missing extension into an ImportError (CI and wheel tests).
+The backend is chosen once, at import time, as msgpack does it: the compiled kernels when they import,
+the NumPy ``simple_llm.fallback`` otherwise or when ``SIMPLE_LLM_PURE_PYTHON=1``. Of the compiled
+builds, the widest the CPU runs: ``simple_llm._kernels_avx2`` (AVX2 + FMA) or ``simple_llm._kernels``
+(the baseline instruction set); ``SIMD`` names it ("avx2", "baseline", "neon" for aarch64's
+baseline; None on the fallback) and
+``SIMPLE_LLM_SIMD=baseline`` caps it. ``SIMPLE_LLM_REQUIRE_COMPILED=1`` turns a missing extension into
+an ImportError (CI and wheel tests).
 
 Every function here checks its arguments (dtype, shape, contiguity, index ranges, that outputs do
 not overlap other arguments except where a kernel works in place, the numbers' ranges) and raises a
@@ -13,7 +17,9 @@ whatever passes the checks gives the same result on both backends.
 
 from __future__ import annotations
 
+import importlib
 import os
+import platform
 from types import ModuleType
 from typing import Any
 
@@ -27,23 +33,47 @@ def _env_flag(name: str) -> bool:
 
 
 FORCED_FALLBACK = _env_flag("SIMPLE_LLM_PURE_PYTHON")  # the user asked for the NumPy kernels
+# the compiled builds of the same kernels, by instruction level, narrowest first (setup.py)
+LEVELS = {"baseline": "_kernels", "avx2": "_kernels_avx2"}
 
 
-def _choose() -> ModuleType:
+def _cpu_levels() -> set[str]:
+    """The levels this CPU runs, as NumPy detected them at its own import."""
+    features: dict[str, bool] = {}
+    for where in ("numpy._core._multiarray_umath", "numpy.core._multiarray_umath"):  # NumPy 2, NumPy 1
+        try:
+            features = importlib.import_module(where).__cpu_features__
+            break
+        except (ImportError, AttributeError):
+            continue
+    return {"baseline"} | ({"avx2"} if features.get("AVX2") and features.get("FMA3") else set())
+
+
+def _choose() -> tuple[ModuleType, str | None]:
+    """The backend and its instruction level: the widest compiled level that the CPU runs and
+    SIMPLE_LLM_SIMD allows (it caps the level: baseline or avx2), else the fallback."""
     if FORCED_FALLBACK:
-        return fallback
-    try:
-        from . import _kernels  # type: ignore[attr-defined]
-    except ImportError as exc:
-        if _env_flag("SIMPLE_LLM_REQUIRE_COMPILED"):
-            raise ImportError(
-                f"SIMPLE_LLM_REQUIRE_COMPILED is set but the compiled kernels do not import: {exc}"
-            ) from exc
-        return fallback
-    return _kernels
+        return fallback, None
+    asked = os.environ.get("SIMPLE_LLM_SIMD", "").strip().lower() or "avx2"
+    if asked not in LEVELS:
+        raise ImportError(f"SIMPLE_LLM_SIMD must be one of {', '.join(LEVELS)}, not {asked!r}")
+    runs = _cpu_levels()
+    failure: ImportError | None = None
+    for level in reversed(list(LEVELS)[: list(LEVELS).index(asked) + 1]):
+        if level not in runs:
+            continue
+        try:
+            return importlib.import_module(f"simple_llm.{LEVELS[level]}"), level
+        except ImportError as exc:  # not built (an aarch64 wheel has no avx2 module), or broken
+            failure = failure or exc
+    if _env_flag("SIMPLE_LLM_REQUIRE_COMPILED"):
+        raise ImportError(f"SIMPLE_LLM_REQUIRE_COMPILED is set but the compiled kernels do not import: {failure}")
+    return fallback, None
 
 
-impl: ModuleType = _choose()
+impl, SIMD = _choose()
+if SIMD == "baseline" and platform.machine().lower() in ("aarch64", "arm64"):
+    SIMD = "neon"  # the baseline of 64-bit Arm has NEON's four float32 lanes
 BACKEND = "numpy" if impl is fallback else "cython"
 FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float64))
 INDEX_DTYPE = np.dtype(np.int64)

@@ -13,7 +13,9 @@ from libc.string cimport memcpy
 
 cdef inline float _expf(float x) noexcept nogil:
     # exp for float32 as plain arithmetic, so that loops of it vectorise (a call to libm's expf
-    # does not): exp(x) = 2^n exp(r), n = round(x / ln 2), r = x - n ln 2 with ln 2 split in two
+    # does not): exp(x) = 2^n exp(r), n = round(x / ln 2) (adding and taking away 1.5 * 2^23 rounds
+    # a float to the nearest integer with no branch: a select there kept GCC from vectorising the
+    # loop for AVX2), r = x - n ln 2 with ln 2 split in two
     # parts (the first has few bits, so n * 0.693359375 and its subtraction are exact: setup.py
     # leaves out -fassociative-math, which would merge the parts again), exp(r) by its Taylor series
     # to r^6 (|r| <= 0.35), and 2^n written straight into the exponent bits. The kernels call it on
@@ -22,12 +24,13 @@ cdef inline float _expf(float x) noexcept nogil:
     # (tests/test_kernels.py measures all of that). Above 0 it is never called; it clamps at 88.7.
     # Every constant is a typed float: a bare literal would be a C double and drag the whole
     # expression, and the vectorised loop around it, into double precision (half the lanes).
-    cdef float hi = 88.7, lo = -87.3, half = 0.5, one = 1, zero = 0
+    cdef float hi = 88.7, lo = -87.3, half = 0.5, one = 1, zero = 0, shifter = 12582912
     cdef float xc = hi if x > hi else x
     xc = lo if xc < lo else xc
     cdef float t = xc * <float>1.44269504088896341
-    cdef int32_t n = <int32_t>(t + (half if t >= zero else -half))
-    cdef float r = (xc - n * <float>0.693359375) + n * <float>2.12194440e-4
+    cdef float nf = (t + shifter) - shifter  # round(t), ties to even (no -fassociative-math: kept)
+    cdef int32_t n = <int32_t>nf
+    cdef float r = (xc - nf * <float>0.693359375) + nf * <float>2.12194440e-4
     cdef float p = one + r * (one + r * (half + r * (<float>(1 / 6.0) + r * (<float>(1 / 24.0)
                    + r * (<float>(1 / 120.0) + r * <float>(1 / 720.0))))))
     cdef int32_t bits = (n + 127) << 23

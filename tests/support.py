@@ -28,17 +28,19 @@ TOL = {np.float32: dict(rtol=2e-5, atol=2e-6), np.float64: dict(rtol=1e-10, atol
 
 
 def compiled_kernels():
-    """The compiled module, or skip (fail under SIMPLE_LLM_REQUIRE_COMPILED) when it is not built,
-    and skip when SIMPLE_LLM_PURE_PYTHON forces the fallback everywhere."""
+    """The compiled module that runs (the widest instruction level the CPU has, or the one
+    SIMPLE_LLM_SIMD caps it to: CI runs the suite at each), or skip (fail under
+    SIMPLE_LLM_REQUIRE_COMPILED) when none is built, and skip when SIMPLE_LLM_PURE_PYTHON forces the
+    fallback everywhere."""
     if PURE_PYTHON:
         pytest.skip("SIMPLE_LLM_PURE_PYTHON=1: the fallback is forced everywhere")
-    try:
-        from simple_llm import _kernels
-    except ImportError as exc:
-        if REQUIRE_COMPILED:
-            pytest.fail(f"SIMPLE_LLM_REQUIRE_COMPILED is set but the compiled kernels do not import: {exc}")
+    from simple_llm import kernels
+
+    if kernels.BACKEND != "cython":
+        if REQUIRE_COMPILED:  # (kernels raises first under it; this is for a module swapped in a test)
+            pytest.fail("SIMPLE_LLM_REQUIRE_COMPILED is set but the compiled kernels do not import")
         pytest.skip("compiled kernels not built")
-    return _kernels
+    return kernels.impl
 
 
 def run_cli(*args, input_text=None, env=None, timeout=300, cwd=None):
