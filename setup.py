@@ -1,5 +1,6 @@
 """Builds the compiled kernels: src/_kernels.pyx (with src/_floatmath.pxd) -> simple_llm._kernels, and on
-x86-64 the same again for AVX2 + FMA CPUs -> simple_llm._kernels_avx2 (src/_kernels_avx2.pyx).
+x86-64 the same again for AVX2 + FMA CPUs -> simple_llm._kernels_avx2 (src/_kernels_avx2.pyx) and for
+AVX-512 CPUs -> simple_llm._kernels_avx512 (src/_kernels_avx512.pyx).
 
 Everything else about the package is declared in pyproject.toml. The kernels use no OpenMP: each runs
 on its caller's thread, and the model runs one thread per core over shards of the batch
@@ -22,10 +23,16 @@ from setuptools.command.build_ext import build_ext
 GCC_FLAGS = ["-O3", "-fno-math-errno", "-fno-trapping-math", "-fno-signed-zeros"]
 
 
-# The same kernels twice on x86-64: for the baseline instruction set, which every CPU runs (SSE2, four
-# float32 lanes), and for AVX2 + FMA (eight lanes, fused multiply-adds). simple_llm.kernels picks
-# the widest one the CPU runs when it is imported, so one wheel runs everywhere and fast.
-LEVELS = {"_kernels": {}, "_kernels_avx2": {"gcc": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]}}
+# The same kernels three times on x86-64: for the baseline instruction set, which every CPU runs (SSE2,
+# four float32 lanes), for AVX2 + FMA (eight lanes, fused multiply-adds) and for AVX-512 (sixteen).
+# simple_llm.kernels picks the widest one the CPU runs when it is imported, so one wheel runs
+# everywhere and fast.
+AVX512 = ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma"]
+LEVELS = {
+    "_kernels": {},
+    "_kernels_avx2": {"gcc": ["-mavx2", "-mfma"], "msvc": ["/arch:AVX2"]},
+    "_kernels_avx512": {"gcc": AVX512, "msvc": ["/arch:AVX512"]},
+}
 X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 

@@ -23,6 +23,7 @@ for need in (
     "docs/PROCESSING_FLOW.md",
     "tests/test_kernels.py",
     "src/_kernels_avx2.pyx",
+    "src/_kernels_avx512.pyx",
     "tests/data/shakespeare_excerpt.txt",
     "simple_llm/explorer/app.js",
     "LICENSE-MIT",
@@ -33,7 +34,7 @@ for need in (
 assert not [n for n in names if n.endswith((".c", ".so", ".pyd", ".o"))], "the sdist holds build products"
 with zipfile.ZipFile(next(dist.glob("*.whl"))) as wheel:
     files = wheel.namelist()
-for module in ("_kernels.", "_kernels_avx2."):  # the baseline build and the AVX2 one (an x86-64 machine)
+for module in ("_kernels.", "_kernels_avx2.", "_kernels_avx512."):  # baseline, AVX2, AVX-512 (x86-64 here)
     assert any(f.startswith(f"simple_llm/{module}") and f.endswith((".so", ".pyd")) for f in files), f"no {module}"
 for need in (
     "simple_llm/data/data.txt",

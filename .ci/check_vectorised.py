@@ -4,7 +4,8 @@ python .ci/check_vectorised.py
 
 Every loop marked ``# simd`` in src/_kernels.pyx and src/_floatmath.pxd must be reported by GCC as
 "loop vectorized" in the float32 variant of its function, in each build: the baseline one
-(src/_kernels.c) and the AVX2 + FMA one (src/_kernels_avx2.c, with 32-byte vectors). The check
+(src/_kernels.c, 16-byte vectors), the AVX2 + FMA one (src/_kernels_avx2.c, 32 bytes) and the
+AVX-512 one (src/_kernels_avx512.c, 64 bytes). The check
 compiles the C files that the build wrote from the .pyx files once more, with setup.py's flags and
 GCC's vectorisation report, and maps each reported loop back to its function (Cython's __pyx_fuse_0
 variant is float32) and to the .pyx line that Cython's comments name. A timing would catch a scalar loop only by luck:
@@ -28,11 +29,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = ("_kernels.pyx", "_floatmath.pxd")
 FUNCTION = re.compile(
-    r"^static[^=;]*?\b(?:__pyx_fuse_(\d))?__pyx_f_(?:10simple_llm_\d+_kernels(?:_avx2)?|10_floatmath)_(\w+)\(.*\)\s*\{"
+    r"^static[^=;]*?\b(?:__pyx_fuse_(\d))?__pyx_f_(?:10simple_llm_\d+_kernels(?:_avx2|_avx512)?|10_floatmath)_(\w+)\(.*\)\s*\{"
 )
 ORIGIN = re.compile(r'/\* "(?:src/)?(_kernels\.pyx|_floatmath\.pxd)":(\d+)')
-REPORT = re.compile(r".*_kernels(?:_avx2)?\.c:(\d+):\d+: optimized: loop vectorized using (\d+) byte vectors")
-BUILDS = {"_kernels": ([], 16), "_kernels_avx2": (["-mavx2", "-mfma"], 32)}  # extra flags, widest vectors
+REPORT = re.compile(r".*_kernels(?:_avx2|_avx512)?\.c:(\d+):\d+: optimized: loop vectorized using (\d+) byte vectors")
+AVX512 = ["-mavx512f", "-mavx512vl", "-mavx512bw", "-mavx512dq", "-mavx2", "-mfma"]
+BUILDS = {"_kernels": ([], 16), "_kernels_avx2": (["-mavx2", "-mfma"], 32), "_kernels_avx512": (AVX512, 64)}
 
 
 def marked_loops() -> set[tuple[str, int]]:

@@ -2,10 +2,10 @@
 
 The backend is chosen once, at import time, as msgpack does it: the compiled kernels when they import,
 the NumPy ``simple_llm.fallback`` otherwise or when ``SIMPLE_LLM_PURE_PYTHON=1``. Of the compiled
-builds, the widest the CPU runs: ``simple_llm._kernels_avx2`` (AVX2 + FMA) or ``simple_llm._kernels``
-(the baseline instruction set); ``SIMD`` names it ("avx2", "baseline", "neon" for aarch64's
-baseline; None on the fallback) and
-``SIMPLE_LLM_SIMD=baseline`` caps it. ``SIMPLE_LLM_REQUIRE_COMPILED=1`` turns a missing extension into
+builds, the widest the CPU runs: ``simple_llm._kernels_avx512``, ``simple_llm._kernels_avx2`` (AVX2 +
+FMA) or ``simple_llm._kernels`` (the baseline instruction set); ``SIMD`` names it ("avx512", "avx2",
+"baseline", "neon" for aarch64's baseline; None on the fallback) and ``SIMPLE_LLM_SIMD=baseline``
+(or ``avx2``) caps it. ``SIMPLE_LLM_REQUIRE_COMPILED=1`` turns a missing extension into
 an ImportError (CI and wheel tests).
 
 Every function here checks its arguments (dtype, shape, contiguity, index ranges, that outputs do
@@ -34,7 +34,7 @@ def _env_flag(name: str) -> bool:
 
 FORCED_FALLBACK = _env_flag("SIMPLE_LLM_PURE_PYTHON")  # the user asked for the NumPy kernels
 # the compiled builds of the same kernels, by instruction level, narrowest first (setup.py)
-LEVELS = {"baseline": "_kernels", "avx2": "_kernels_avx2"}
+LEVELS = {"baseline": "_kernels", "avx2": "_kernels_avx2", "avx512": "_kernels_avx512"}
 
 
 def _cpu_levels() -> set[str]:
@@ -46,15 +46,17 @@ def _cpu_levels() -> set[str]:
             break
         except (ImportError, AttributeError):
             continue
-    return {"baseline"} | ({"avx2"} if features.get("AVX2") and features.get("FMA3") else set())
+    avx2 = bool(features.get("AVX2") and features.get("FMA3"))
+    avx512 = avx2 and all(features.get(f) for f in ("AVX512F", "AVX512VL", "AVX512BW", "AVX512DQ"))
+    return {"baseline"} | ({"avx2"} if avx2 else set()) | ({"avx512"} if avx512 else set())
 
 
 def _choose() -> tuple[ModuleType, str | None]:
     """The backend and its instruction level: the widest compiled level that the CPU runs and
-    SIMPLE_LLM_SIMD allows (it caps the level: baseline or avx2), else the fallback."""
+    SIMPLE_LLM_SIMD allows (it caps the level: baseline, avx2 or avx512), else the fallback."""
     if FORCED_FALLBACK:
         return fallback, None
-    asked = os.environ.get("SIMPLE_LLM_SIMD", "").strip().lower() or "avx2"
+    asked = os.environ.get("SIMPLE_LLM_SIMD", "").strip().lower() or list(LEVELS)[-1]
     if asked not in LEVELS:
         raise ImportError(f"SIMPLE_LLM_SIMD must be one of {', '.join(LEVELS)}, not {asked!r}")
     runs = _cpu_levels()

@@ -453,15 +453,17 @@ def test_the_widest_simd_level_the_cpu_runs_is_chosen_and_can_be_capped():
     compiled_kernels()  # skips where nothing is built
     from simple_llm.kernels import _cpu_levels
 
-    widest = "avx2" if "avx2" in _cpu_levels() else "baseline"
-    module = {"avx2": "simple_llm._kernels_avx2", "baseline": "simple_llm._kernels"}
+    runs = _cpu_levels()
+    widest = next(level for level in ("avx512", "avx2", "baseline") if level in runs)
+    module = {level: f"simple_llm._kernels{'' if level == 'baseline' else '_' + level}" for level in runs}
     assert _simd_in_a_fresh_process().stdout.split() == ["cython", widest, module[widest]]
-    capped = _simd_in_a_fresh_process(SIMPLE_LLM_SIMD="baseline").stdout.split()
-    assert capped == ["cython", "baseline", "simple_llm._kernels"]
+    for cap in ("avx2", "baseline"):  # a cap the CPU runs is the level; a higher one, the widest below it
+        level = cap if cap in runs else "baseline"
+        assert _simd_in_a_fresh_process(SIMPLE_LLM_SIMD=cap).stdout.split() == ["cython", level, module[level]]
     assert _simd_in_a_fresh_process(SIMPLE_LLM_PURE_PYTHON="1").stdout.split() == [
         "numpy",
         "None",
         "simple_llm.fallback",
     ]
     wrong = _simd_in_a_fresh_process(SIMPLE_LLM_SIMD="avx9")
-    assert wrong.returncode != 0 and "SIMPLE_LLM_SIMD must be one of baseline, avx2, not 'avx9'" in wrong.stderr
+    assert wrong.returncode != 0 and "SIMPLE_LLM_SIMD must be one of baseline, avx2, avx512, not 'avx9'" in wrong.stderr
