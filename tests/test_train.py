@@ -472,13 +472,21 @@ def test_a_diverging_run_exits_1_and_saves_nothing_broken(tmp_path, text_file):
     assert not (out / "model.safetensors").exists() and not (out / "train_state").exists()
 
 
-def test_weights_that_stop_being_finite_stop_the_run_even_when_the_loss_stays_finite(tmp_path):
-    """A NaN in a row of wpe that no window reaches (block 6 of n_ctx 8) leaves every loss finite:
-    only the check of the weights after each update keeps it out of the checkpoint."""
+@pytest.mark.parametrize(
+    "n_ctx, name, where, value",
+    [
+        (6, "h.0.mlp.c_fc.weight", (0, 0), np.inf),  # the next loss is not finite
+        (8, "wpe.weight", (7, 0), np.nan),  # a row that no window of 6 reaches: every loss stays finite
+    ],
+)
+def test_the_checkpoint_kept_after_divergence_is_the_last_finite_one(tmp_path, n_ctx, name, where, value):
+    """The update of step 3 leaves one weight that is not finite: the run stops with status 1 and the
+    checkpoint of step 2 stays. With the NaN in wpe's last row, only the check of the weights after
+    each update keeps it out of the checkpoint."""
     from simple_llm import CharTokenizer
     from simple_llm.run_files import read_state_meta
 
-    model = GPT(GPTConfig(vocab_size=13, n_ctx=8, n_embd=8, n_head=2, n_layer=1), seed=1, dtype=np.float64)
+    model = GPT(GPTConfig(vocab_size=13, n_ctx=n_ctx, n_embd=8, n_head=2, n_layer=1), seed=1, dtype=np.float64)
     stream = np.random.default_rng(0).integers(0, 13, 400)
     flags = ["--max-steps", "6", "--eval-interval", "2", "--eval-steps", "1", "--no-progress"]
     args = parser("train").parse_args(["--data", "unused", "--out", str(tmp_path), *flags])
@@ -489,36 +497,12 @@ def test_weights_that_stop_being_finite_stop_the_run_even_when_the_loss_stays_fi
     def step_then_break(grads):
         step(grads)
         if trainer.opt.t == 3:
-            model.params["wpe.weight"][7, 0] = np.nan
+            model.params[name][where] = value
 
     trainer.opt.step = step_then_break
     assert trainer.fit() == 1
-    assert read_state_meta(tmp_path / "train_state", 8).step == 2
+    assert read_state_meta(tmp_path / "train_state", n_ctx).step == 2
     assert all(np.isfinite(w).all() for w in weights(tmp_path).values())
-
-
-def test_the_checkpoint_kept_after_divergence_is_the_last_finite_one(tmp_path):
-    from simple_llm import CharTokenizer
-    from simple_llm.run_files import read_state_meta
-
-    tok = CharTokenizer.train("abcdefghijklm")
-    model = GPT(GPTConfig(vocab_size=13, n_ctx=6, n_embd=8, n_head=2, n_layer=1), seed=1, dtype=np.float64)
-    stream = np.random.default_rng(0).integers(0, 13, 400)
-    trainer = float64_trainer(tmp_path, model, stream[:300], stream[300:], "--max-steps", "6", "--eval-interval",
-                              "2", "--eval-steps", "1", "--no-progress")  # fmt: skip
-    trainer.tok = tok
-    step = trainer.opt.step
-
-    def step_then_break(grads):  # the update of step 3 leaves one weight infinite
-        step(grads)
-        if trainer.opt.t == 3:
-            model.params["h.0.mlp.c_fc.weight"][0, 0] = np.inf
-
-    trainer.opt.step = step_then_break
-    assert trainer.fit() == 1
-    assert read_state_meta(tmp_path / "train_state", 6).step == 2
-    saved = weights(tmp_path)
-    assert all(np.isfinite(w).all() for w in saved.values())
     assert int(list(csv.DictReader((tmp_path / "log.csv").open()))[-1]["step"]) == 2
 
 
