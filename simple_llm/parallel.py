@@ -25,6 +25,7 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _pool: ThreadPoolExecutor | None = None
 _controller: Any = None
+KMP_DUPLICATE_LIB_OK = "KMP_DUPLICATE_LIB_OK"  # what threadpoolctl's import sets (below)
 
 
 def cores() -> int:
@@ -58,16 +59,16 @@ def single_threaded_blas() -> Iterator[None]:
 
 
 def _threadpool_controller() -> Any:
-    """threadpoolctl's controller, imported with the environment put back as it was: its import writes
-    KMP_DUPLICATE_LIB_OK=True into os.environ, which changes how Intel's OpenMP behaves for every
-    library in the process."""
-    before = dict(os.environ)
+    """threadpoolctl's controller. Its import runs os.environ.setdefault("KMP_DUPLICATE_LIB_OK",
+    "True"), which changes how Intel's OpenMP behaves for every library in the process: where the
+    user had not set that variable, it is taken away again at once. Only that one variable is
+    touched, so a change another thread makes meanwhile stays."""
+    added = KMP_DUPLICATE_LIB_OK not in os.environ
     try:
         from threadpoolctl import ThreadpoolController
     finally:
-        for name in set(os.environ) - set(before):
-            del os.environ[name]
-        os.environ.update({k: v for k, v in before.items() if os.environ.get(k) != v})
+        if added:
+            os.environ.pop(KMP_DUPLICATE_LIB_OK, None)
     return ThreadpoolController()
 
 

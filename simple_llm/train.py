@@ -104,7 +104,8 @@ def parser(name: str) -> Parser:
     g.add_argument(
         "--resume",
         action="store_true",
-        help="continue the run saved in --out with its saved flags (only --max-steps and --lr-decay-steps may change)",
+        help="continue the run saved in --out with its saved flags; a flag that would change its weights' path is "
+        "refused (--max-steps and --lr-decay-steps extend it)",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
     p.set_defaults(run=run)
@@ -209,11 +210,11 @@ def prepare(args: argparse.Namespace, out: Path, text: str) -> tuple[GPT, Tokeni
     if (out / STATE_FILE).exists():
         raise CLIError(f"{out} already holds a training run; add --resume to continue it, or choose another --out")
     if args.init_from:
-        n_ctx = read_config(args.init_from).n_ctx
-        args.block_size = args.block_size or min(n_ctx, 256)
-        if args.block_size > n_ctx:
-            raise CLIError(f"--block-size {args.block_size} is above the context of {args.init_from} ({n_ctx})")
-        check_memory(args, read_config(args.init_from))
+        cfg = read_config(args.init_from)
+        args.block_size = args.block_size or min(cfg.n_ctx, 256)
+        if args.block_size > cfg.n_ctx:
+            raise CLIError(f"--block-size {args.block_size} is above the context of {args.init_from} ({cfg.n_ctx})")
+        check_memory(args, cfg)
         model, tok = load_model(args.init_from)
         model.config.dropout = args.dropout
         model.rng = np.random.default_rng(args.seed)

@@ -223,20 +223,14 @@ class Trainer:
         tokens_per_step = a.batch_size * a.grad_accum * a.block_size  # every micro-batch counts
         # NumPy's overflow warnings would bury the one line that a diverging run gets
         with self.flag, np.errstate(all="ignore"):
+            bar = None
             try:
                 if run.step == 0:
-                    self.log_evaluation()  # where the run starts from
-            except Interrupted:
-                print(f"Interrupted before the first step; {self.kept()}", file=sys.stderr)
-                return 130
-            except Diverged as exc:
-                print(f"simple_llm train: error: {exc}; {self.kept()}", file=sys.stderr)
-                return 1
-            bar = tqdm(
-                total=a.max_steps, initial=start_step, disable=a.no_progress, unit="step",
-                dynamic_ncols=True, file=sys.stderr,
-            )  # fmt: skip
-            try:
+                    self.log_evaluation()  # where the run starts from (Interrupted only here: see below)
+                bar = tqdm(
+                    total=a.max_steps, initial=start_step, disable=a.no_progress, unit="step",
+                    dynamic_ncols=True, file=sys.stderr,
+                )  # fmt: skip
                 while run.step < a.max_steps and not self.flag.stop:
                     step_start = time.perf_counter()
                     loss = self.train_step()
@@ -254,8 +248,12 @@ class Trainer:
                         with contextlib.suppress(Interrupted):  # Ctrl-C: saved without this evaluation
                             self.log_evaluation()
                         self.checkpoint()
+            except Interrupted:
+                print(f"Interrupted before the first step; {self.kept()}", file=sys.stderr)
+                return 130
             except Diverged as exc:
-                bar.close()
+                if bar is not None:
+                    bar.close()
                 print(
                     f"simple_llm train: error: {exc} (learning rate {self.opt.lr:.3g}); {self.kept()}", file=sys.stderr
                 )
