@@ -193,10 +193,20 @@ def test_the_page_end_to_end(site, browser):
     screenshot(browser, "explore-generated.png")
 
 
-def test_stop_ends_a_generation(site, browser):
+def test_stop_ends_a_generation(site, browser, monkeypatch):
+    """Stop ends a generation that is still running. The server yields a token every 5 ms here: the
+    small model otherwise made all 10000 before the page had shown 3 (a failure seen once in CI)."""
     from selenium.webdriver.common.by import By
 
-    url, _, _ = site
+    url, model, _ = site
+    stream = model.stream
+
+    def slow_stream(*args, **kwargs):
+        for step in stream(*args, **kwargs):
+            time.sleep(0.005)
+            yield step
+
+    monkeypatch.setattr(model, "stream", slow_stream)
     browser.get(url + "/")
     wait(lambda: "layers" in browser.find_element(By.ID, "model-info").text)
     browser.find_element(By.ID, "prompt").send_keys("the dog")
