@@ -4,7 +4,9 @@ AVX-512 CPUs -> simple_llm._kernels_avx512 (src/_kernels_avx512.pyx).
 
 Everything else about the package is declared in pyproject.toml. The kernels use no OpenMP: each runs
 on its caller's thread, and the model runs one thread per core over shards of the batch
-(simple_llm/parallel.py), so nothing needs a compiler's OpenMP runtime.
+(simple_llm/parallel.py), so nothing needs a compiler's OpenMP runtime. The one exception, the decode
+step (src/_decode.pxi), starts and joins a second thread of its own within each call (POSIX threads,
+hence -pthread; Windows threads on MSVC).
 """
 
 import platform
@@ -41,7 +43,8 @@ class BuildExt(build_ext):
         kind = "msvc" if self.compiler.compiler_type == "msvc" else "gcc"
         for ext in self.extensions:
             level = LEVELS[ext.name.split(".")[-1]].get(kind, [])
-            ext.extra_compile_args += (["/O2"] if kind == "msvc" else GCC_FLAGS) + level
+            ext.extra_compile_args += (["/O2"] if kind == "msvc" else [*GCC_FLAGS, "-pthread"]) + level
+            ext.extra_link_args += [] if kind == "msvc" else ["-pthread"]
         super().build_extensions()
 
 

@@ -85,10 +85,10 @@ def _check_computes_gpt2(raw: dict[str, Any], cfg: GPTConfig, path: Path) -> Non
             )
 
 
-def open_checkpoint(directory: str | os.PathLike) -> tuple[GPTConfig, Callable[[Parameters], None]]:
+def open_checkpoint(directory: str | os.PathLike) -> tuple[GPTConfig, Callable[[np.dtype], Iterator[tuple[str, np.ndarray]]]]:
     """The config of a checkpoint directory, once its config and the header of its weights have
-    passed every check, and a function that reads the weights into Parameters of that config (cast
-    to their dtype)."""
+    passed every check, and a function that reads the weights one at a time, as (parameter name,
+    array cast to a dtype): into Parameters of that config, or into an int8 model."""
     directory = Path(directory)
     if not directory.is_dir():
         raise CheckpointError(f"{directory} is not a checkpoint directory")
@@ -106,13 +106,13 @@ def open_checkpoint(directory: str | os.PathLike) -> tuple[GPTConfig, Callable[[
             f"{path}: tie_word_embeddings is not true and there is no lm_head.weight; GPT-2's output layer is wte"
         )
 
-    def read_into(params: Parameters) -> None:
+    def tensors(dtype: np.dtype) -> Iterator[tuple[str, np.ndarray]]:
         from safetensors import deserialize
 
         with _reading(path) as f:
             raw = dict(deserialize(path.read_bytes())) if any(d == "BF16" for d, _ in header.values()) else {}
             for name, key in names.items():
-                params[name] = _read(f, key, header[key][0], raw, params.flat.dtype)
+                yield name, _read(f, key, header[key][0], raw, dtype)
             if "lm_head.weight" in header:  # allowed only as an exact copy of wte (tied)
                 head = _read(f, "lm_head.weight", header["lm_head.weight"][0], raw, np.float64)
                 wte = _read(f, names["wte.weight"], header[names["wte.weight"]][0], raw, np.float64)
@@ -122,7 +122,7 @@ def open_checkpoint(directory: str | os.PathLike) -> tuple[GPTConfig, Callable[[
                         "only a tied output layer (as GPT-2's) is supported"
                     )
 
-    return cfg, read_into
+    return cfg, tensors
 
 
 @contextmanager

@@ -9,6 +9,8 @@ import argparse
 from collections.abc import Callable
 from typing import Any, NoReturn
 
+from .int8 import KINDS
+
 
 class CLIError(Exception):
     """Bad input from the user: reported in one line, exit status 2."""
@@ -61,6 +63,14 @@ positive_int = _argument_type(int, lambda v: v > 0, "a positive integer")
 nonnegative_int = _argument_type(int, lambda v: v >= 0, "an integer >= 0")
 nonnegative_float = _argument_type(float, lambda v: 0.0 <= v < float("inf"), "a number >= 0")
 unit_interval = _argument_type(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")  # top-p
+
+
+def add_quantize_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--quantize",
+        choices=KINDS,
+        help="load the weights as int8 for inference (docs/QUANTIZATION.md); the checkpoint stays as it is",
+    )
 
 
 def add_sampling_flags(

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from .cli_args import CLIError, Parser, command_parser, positive_int
+from .cli_args import CLIError, Parser, add_quantize_flag, command_parser, positive_int
 from .fileio import read_text_file
 from .model import GPT
 from .modeldir import load_model
@@ -61,6 +61,7 @@ def parser(name: str) -> Parser:
     p.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass (default 8)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the line")
     p.add_argument("--no-progress", action="store_true", help="no progress bar (for a pipe or a log file)")
+    add_quantize_flag(p)
     p.set_defaults(run=run)
     return p
 
@@ -68,7 +69,7 @@ def parser(name: str) -> Parser:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, args.quantize)
     text = read_text_file(args.data, "data file")
     block = args.block_size or model.config.n_ctx
     if block > model.config.n_ctx:

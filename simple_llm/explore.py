@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from .cli_args import CLIError, Parser, command_parser, nonnegative_int
+from .cli_args import CLIError, Parser, add_quantize_flag, command_parser, nonnegative_int
 from .explorer_api import BadRequest, Cancelled, Explorer, TooLarge
 from .modeldir import load_model
 
@@ -206,12 +206,13 @@ def parser(name: str) -> Parser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=nonnegative_int, default=8000, help="0 picks a free port (default 8000)")
     p.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
+    add_quantize_flag(p)
     p.set_defaults(run=run)
     return p
 
 
 def run(args: argparse.Namespace) -> int:
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, args.quantize)
     if args.port > 65535:
         raise CLIError(f"--port {args.port} is not a port number (0 to 65535)")
     try:

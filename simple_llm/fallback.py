@@ -199,3 +199,19 @@ def merge_piece(piece, ranks):
             if r >= 0:
                 heapq.heappush(heap, r * n + p)
     return [ranks[p] for p in parts if p is not None]
+
+
+# int8 weights ------------------------------------------------------------------------------------
+
+
+def q8_matmul(out, x, q, scales, bias):
+    # the weights dequantised whole, then one BLAS product: W[i, j] = scales[i, j // 32] * q[i, j]
+    w = q.astype(np.float32) * np.repeat(scales, 32, axis=1)[:, : q.shape[1]]
+    np.matmul(x, w, out=out)
+    if bias is not None:
+        out += bias
+
+
+def decoder(n_head, eps, wte, wpe, lnf_w, lnf_b, blocks):
+    # no decode step of its own: with the NumPy backend, GPT.next_logits runs the model's layers
+    return None

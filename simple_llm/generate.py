@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_args import Parser, add_sampling_flags, positive_int
+from .cli_args import Parser, add_quantize_flag, add_sampling_flags, positive_int
 from .modeldir import load_model
 from .session import Session, settings_from
 
@@ -35,12 +35,13 @@ def parser(name: str) -> Parser:
         add_sampling_flags(p, max_new_tokens=50)
     else:  # a small model answers greedily with one word over and over: chat samples by default
         add_sampling_flags(p, max_new_tokens=100, temperature=0.8, top_k=40)
+    add_quantize_flag(p)
     p.set_defaults(run=run_generate if name == "generate" else run_chat)
     return p
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, args.quantize)
     session = Session(model, tok, settings_from(args))  # one random stream: the samples differ
     for i in range(args.num_samples):
         if i:
@@ -50,5 +51,5 @@ def run_generate(args: argparse.Namespace) -> int:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    model, tok = load_model(args.model)
+    model, tok = load_model(args.model, args.quantize)
     return Session(model, tok, settings_from(args)).interact()

@@ -400,3 +400,104 @@ def merge_piece(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
     if type(ranks) is not dict:
         raise ValueError(f"{fn}: ranks must be a dict, not {type(ranks).__name__}")
     return impl.merge_piece(piece, ranks)
+
+
+# int8 weights ------------------------------------------------------------------------------------
+
+QBLOCK = 32  # int8 weights per scale (llama.cpp's q8_0 block)
+
+
+def _q8(fn: str, name: str, w: Any, shape: tuple[int | None, int | None]) -> tuple[int, int]:
+    """Check an int8 weight, a pair (q (n_in, n_out) int8, scales (n_in, ceil(n_out / 32)) float32)."""
+    if not (isinstance(w, tuple) and len(w) == 2):
+        raise ValueError(f"{fn}: {name} must be a pair (q, scales), not {type(w).__name__}")
+    q, scales = w
+    _check(fn, np.int8, **{f"{name} q": (q, shape)})
+    n_in, n_out = q.shape
+    _check(fn, np.float32, **{f"{name} scales": (scales, (n_in, -(-n_out // QBLOCK)))})
+    return n_in, n_out
+
+
+def q8_matmul(out: np.ndarray, x: np.ndarray, q: np.ndarray, scales: np.ndarray, bias: np.ndarray | None) -> None:
+    """out (N, n_out) = x (N, n_in) @ W + bias, float32, with int8 weights dequantised inside the loop:
+    W[i, j] = scales[i, j // 32] * q[i, j], q (n_in, n_out) int8 in blocks of 32 along each row (the
+    last block of a row is shorter when n_out is not a multiple of 32), scales (n_in, ceil(n_out / 32));
+    bias (n_out,) or None."""
+    fn = "q8_matmul"
+    n_in, n_out = _q8(fn, "weight", (q, scales), (None, None))
+    _check(fn, np.float32, x=(x, (None, n_in)))
+    _check(fn, np.float32, out=(out, (x.shape[0], n_out)))
+    if bias is not None:
+        _check(fn, np.float32, bias=(bias, (n_out,)))
+    _writable(fn, out=out)
+    inputs = dict(x=x, q=q, scales=scales) | ({} if bias is None else {"bias": bias})
+    _separate(fn, ("out",), (), out=out, **inputs)
+    impl.q8_matmul(out, x, q, scales, bias)
+
+
+# the decode step ---------------------------------------------------------------------------------
+
+
+def _linear_weight(fn: str, name: str, w: Any, n_in: int, n_out: int) -> None:
+    if isinstance(w, tuple):
+        _q8(fn, name, w, (n_in, n_out))
+    else:
+        _check(fn, np.float32, **{name: (w, (n_in, n_out))})
+
+
+def decoder(n_head: int, eps: float, wte: Any, wpe: np.ndarray, lnf_w: np.ndarray, lnf_b: np.ndarray, blocks: list):
+    """A compiled decode step over a float32 GPT-2's weights (no copies), or None on the NumPy backend,
+    whose decode step is the model's own layers. wte is (V, C) float32, or the int8 pair of wte^T
+    (C, V); wpe (n_ctx, C); blocks holds, per layer, (ln_1 w, b, c_attn w, b, attn c_proj w, b, ln_2 w,
+    b, c_fc w, b, mlp c_proj w, b), each linear weight float32 (in, out) or an int8 pair (q8_matmul's).
+    Its ``step(logits, tokens, caches, pos, threads)`` runs one position through every layer."""
+    fn = "decoder"
+    _check(fn, np.float32, wpe=(wpe, (None, None)))
+    n_ctx, C = wpe.shape
+    if isinstance(wte, tuple):
+        _, V = _q8(fn, "wte", wte, (C, None))
+    else:
+        _check(fn, np.float32, wte=(wte, (None, C)))
+        V = wte.shape[0]
+    if isinstance(n_head, bool) or not isinstance(n_head, int) or n_head < 1 or C % n_head:
+        raise ValueError(f"{fn}: n_head must be a positive integer dividing {C}, not {n_head!r}")
+    _check(fn, np.float32, lnf_w=(lnf_w, (C,)), lnf_b=(lnf_b, (C,)))
+    shapes = [(C,), (C,), (C, 3 * C), (3 * C,), (C, C), (C,), (C,), (C,), (C, 4 * C), (4 * C,), (4 * C, C), (C,)]
+    for l, block in enumerate(blocks):
+        if len(block) != len(shapes):
+            raise ValueError(f"{fn}: block {l} must hold {len(shapes)} arrays, not {len(block)}")
+        for k, (a, shape) in enumerate(zip(block, shapes)):
+            if len(shape) == 2:
+                _linear_weight(fn, f"block {l} weight {k}", a, *shape)
+            else:
+                _check(fn, np.float32, **{f"block {l} vector {k}": (a, shape)})
+    compiled = impl.decoder(n_head, _number(fn, "eps", eps, 0.0, low_open=True), wte, wpe, lnf_w, lnf_b, blocks)
+    return None if compiled is None else _Decoder(compiled, len(blocks), C, V, n_ctx)
+
+
+class _Decoder:
+    """The compiled step with its arguments checked (decoder() checked the weights once)."""
+
+    def __init__(self, compiled: Any, n_layer: int, C: int, V: int, n_ctx: int):
+        self._compiled, self.n_layer, self.C, self.V, self.n_ctx = compiled, n_layer, C, V, n_ctx
+
+    def step(self, logits: np.ndarray, tokens: np.ndarray, caches: list, pos: int, threads: int = 1) -> None:
+        """logits (B, V) for the position after pos, given tokens (B,) at pos; their keys and values go
+        into caches[l][:, pos], each (B, cap, 3C) float32 with positions 0 .. pos - 1 filled (pos < cap,
+        pos < n_ctx). threads 1 or 2: how many threads share the products."""
+        fn = "decode step"
+        _check(fn, INDEX_DTYPE, tokens=(tokens, (None,)))
+        B = tokens.shape[0]
+        _index_range(fn, "tokens", tokens, 0, self.V)
+        _check(fn, np.float32, logits=(logits, (B, self.V)))
+        if not isinstance(caches, list) or len(caches) != self.n_layer:
+            raise ValueError(f"{fn}: caches must be a list of {self.n_layer} arrays")
+        _check(fn, np.float32, **{f"caches[{l}]": (c, (B, None, 3 * self.C)) for l, c in enumerate(caches)})
+        cap = caches[0].shape[1]
+        if any(c.shape[1] != cap for c in caches):
+            raise ValueError(f"{fn}: the caches differ in length")
+        if isinstance(pos, bool) or not isinstance(pos, (int, np.integer)) or not 0 <= pos < min(cap, self.n_ctx):
+            raise ValueError(f"{fn}: pos must be in [0, {min(cap, self.n_ctx)}), not {pos!r}")
+        _writable(fn, logits=logits, **{f"caches[{l}]": c for l, c in enumerate(caches)})
+        _separate(fn, ("logits",), (), logits=logits, tokens=tokens, **{f"caches[{l}]": c for l, c in enumerate(caches)})
+        self._compiled.step(logits, tokens, caches, int(pos), 2 if threads > 1 else 1)

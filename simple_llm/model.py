@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import checkpoint, parallel
+from . import checkpoint, int8, parallel
 from . import kernels as K
 from .activations import Activations, BufferPool, DropoutMasks, KVCache, LayerActivations, Scratch, trace_steps
 from .config import GPTConfig
@@ -31,13 +31,15 @@ from .params import Parameters
 
 __all__ = ["GPT", "GPTConfig"]
 
+DECODE_THREADS_FROM = 4 << 20  # bytes of weights from which a decode step runs on two threads
+
 
 class LayerNorm:
     """y = (x - mean(x)) / std(x) * weight + bias over the channels of each position."""
 
-    def __init__(self, p: Parameters, g: Parameters, name: str, eps: float):
+    def __init__(self, p: Parameters, g: Parameters | None, name: str, eps: float):
         self.w, self.b = p[name + ".weight"], p[name + ".bias"]  # (C,)
-        self.dw, self.db = g[name + ".weight"], g[name + ".bias"]  # (C,)
+        self.dw, self.db = (g[name + ".weight"], g[name + ".bias"]) if g is not None else (None, None)  # (C,)
         self.eps = eps
 
     def forward(self, out, mean, rstd, x):
@@ -104,9 +106,9 @@ class Embedding:
 class CausalSelfAttention:
     """qkv = c_attn(x); y = softmax(q k^T / sqrt(hs), causal) v per head; out = c_proj(y)."""
 
-    def __init__(self, p: Parameters, g: Parameters, name: str, n_head: int):
-        self.c_attn = Linear(p, g, name + ".c_attn")
-        self.c_proj = Linear(p, g, name + ".c_proj")
+    def __init__(self, p: Parameters, g: Parameters, name: str, n_head: int, linear=Linear):
+        self.c_attn = linear(p, g, name + ".c_attn")
+        self.c_proj = linear(p, g, name + ".c_proj")
         self.n_head = n_head
 
     def heads(self, x):
@@ -164,9 +166,9 @@ class CausalSelfAttention:
 class MLP:
     """out = c_proj(gelu(c_fc(x))), 4C wide inside."""
 
-    def __init__(self, p: Parameters, g: Parameters, name: str):
-        self.c_fc = Linear(p, g, name + ".c_fc")
-        self.c_proj = Linear(p, g, name + ".c_proj")
+    def __init__(self, p: Parameters, g: Parameters, name: str, linear=Linear):
+        self.c_fc = linear(p, g, name + ".c_fc")
+        self.c_proj = linear(p, g, name + ".c_proj")
 
     def forward(self, out, a: LayerActivations, x):
         self.c_fc.forward(a.fch, x)  # (B, T, 4C)
@@ -182,12 +184,12 @@ class MLP:
 class Block:
     """x + attn(ln_1(x)), then + mlp(ln_2(.)): GPT-2's pre-norm transformer block."""
 
-    def __init__(self, p: Parameters, g: Parameters, i: int, cfg: GPTConfig):
+    def __init__(self, p: Parameters, g: Parameters, i: int, cfg: GPTConfig, linear=Linear):
         h = f"h.{i}."
         self.ln_1 = LayerNorm(p, g, h + "ln_1", cfg.layer_norm_epsilon)
-        self.attn = CausalSelfAttention(p, g, h + "attn", cfg.n_head)
+        self.attn = CausalSelfAttention(p, g, h + "attn", cfg.n_head, linear)
         self.ln_2 = LayerNorm(p, g, h + "ln_2", cfg.layer_norm_epsilon)
-        self.mlp = MLP(p, g, h + "mlp")
+        self.mlp = MLP(p, g, h + "mlp", linear)
 
     def forward(self, out, a: LayerActivations, x, cache=None, pos: int = 0):
         """out (B, T, C) from the residual stream x (B, T, C); out may be x itself."""
@@ -240,13 +242,29 @@ class LMHead:
         self.ln_f.backward(dx, s.dln, x, a.lnf_mean, a.lnf_rstd)
 
 
+class QuantizedLMHead(LMHead):
+    """LMHead of an int8 model: logits = ln_f(x) @ W, W the int8 wte^T (C, V) (int8.py), forward only."""
+
+    def __init__(self, p: Parameters, eps: float, wte_t: tuple[np.ndarray, np.ndarray]):
+        self.ln_f = LayerNorm(p, None, "ln_f", eps)
+        self.out = int8.QuantizedLinear(wte_t, None)
+
+    def forward(self, out, a: Activations, x, last_only: bool = False):
+        self.ln_f.forward(a.lnf, a.lnf_mean, a.lnf_rstd, x)
+        h = a.lnf[:, -1] if last_only else a.lnf  # (rows, C) @ (C, V), as LMHead.forward
+        self.out.forward(out, h)
+
+
 class GPT:
     """GPT-2: token + position embedding, n_layer blocks, ln_f and the output layer tied to wte.
 
     ``params`` holds the weights under GPT-2's checkpoint names; ``loss_and_grads`` returns gradients
     under the same names. ``forward``, ``loss``, ``generate`` and ``stream`` may run in several
     threads at once: each call borrows its own buffers, and each generation has its own cache.
+    ``quantize("int8")`` makes an int8 copy for inference (``quantized`` names its kind).
     """
+
+    quantized: str | None = None  # "int8" for a model that quantize() made
 
     def __init__(self, config: GPTConfig, seed: int = 0, dtype: DTypeLike = np.float32):
         if np.dtype(dtype) not in K.FLOAT_DTYPES:
@@ -255,18 +273,28 @@ class GPT:
         self.dtype = np.dtype(dtype)
         self.params = Parameters(config.shapes(), self.dtype)
         self.grads = self.params.like()
+        self.int8_weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # quantize()'s (q, scales)
         self.rng = np.random.default_rng(seed)  # dropout masks
         self._init_weights(np.random.default_rng(seed))
         self._build_layers()
         self._replicas: list[GPT] = []  # one per shard of a training batch (loss_and_grads)
 
     def _build_layers(self) -> None:
-        """The layers, bound to views of params (their weights) and grads (their gradients)."""
+        """The layers, bound to views of params (their weights) and grads (their gradients); an int8
+        model's linear layers, embedding and output layer hold int8_weights instead."""
         p, g, cfg = self.params, self.grads, self.config
-        self.embedding = Embedding(p, g)
-        self.h = [Block(p, g, i, cfg) for i in range(cfg.n_layer)]
-        self.head = LMHead(p, g, cfg.layer_norm_epsilon)
+        if self.quantized:
+            w = self.int8_weights
+            linear = lambda p, g, name: int8.QuantizedLinear(w[name + ".weight"], p[name + ".bias"])  # noqa: E731
+            self.embedding = int8.QuantizedEmbedding(w["wte.weight"], p["wpe.weight"])
+            self.h = [Block(p, g, i, cfg, linear) for i in range(cfg.n_layer)]
+            self.head = QuantizedLMHead(p, cfg.layer_norm_epsilon, w["wte.weight"])
+        else:
+            self.embedding = Embedding(p, g)
+            self.h = [Block(p, g, i, cfg) for i in range(cfg.n_layer)]
+            self.head = LMHead(p, g, cfg.layer_norm_epsilon)
         self.buffers = BufferPool()
+        self._decoder: Any = False  # the compiled decode step, made on first use (None: there is none)
 
     def _init_weights(self, rng: np.random.Generator) -> None:
         """GPT-2's initialisation: N(0, 0.02) weights, zero biases, unit layer-norm gains, and the
@@ -283,18 +311,54 @@ class GPT:
 
     @property
     def n_params(self) -> int:
-        return self.params.flat.size
+        return self.params.flat.size + sum(q.size for q, _ in self.int8_weights.values())
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: DTypeLike = np.float32) -> GPT:
-        """Load a Hugging Face GPT-2 checkpoint directory (config.json + model.safetensors)."""
-        cfg, read_into = checkpoint.open_checkpoint(path)
+    def from_pretrained(cls, path: str | os.PathLike, dtype: DTypeLike = np.float32, quantize: str | None = None) -> GPT:
+        """Load a Hugging Face GPT-2 checkpoint directory (config.json + model.safetensors).
+
+        quantize="int8" returns what ``from_pretrained(path).quantize("int8")`` would, quantising
+        each tensor as it is read: the float32 model is never whole in memory."""
+        cfg, tensors = checkpoint.open_checkpoint(path)
+        if quantize is not None:
+            return cls._int8(cfg, tensors(np.dtype(np.float32)), quantize)
         model = cls(cfg, dtype=dtype)  # only now, with every tensor's name, shape and dtype checked
-        read_into(model.params)
+        for name, tensor in tensors(model.dtype):
+            model.params[name] = tensor
+        return model
+
+    def quantize(self, kind: str = "int8") -> GPT:
+        """A new model for inference (forward, loss, generate, stream, trace, walk) whose linear
+        layers and tied output layer hold int8 weights, blocks of 32 with one scale each (int8.py);
+        layer norms, biases and the position embedding stay float32. This model is unchanged."""
+        if self.dtype != np.float32:
+            raise ValueError(f"quantize: the model must be float32, not {self.dtype}")
+        return GPT._int8(self.config, self.params.items(), kind)
+
+    @classmethod
+    def _int8(cls, config: GPTConfig, tensors: Iterator[tuple[str, np.ndarray]], kind: str) -> GPT:
+        """The int8 model of the named float tensors, which arrive one at a time."""
+        if kind not in int8.KINDS:
+            raise ValueError(f"quantize: kind must be one of {', '.join(int8.KINDS)}, not {kind!r}")
+        shapes = config.shapes()
+        quantized = {name for name in shapes if name == "wte.weight" or name.endswith(int8.LINEAR_WEIGHTS)}
+        model = object.__new__(cls)
+        model.config, model.dtype, model.quantized, model.rng = config, np.dtype(np.float32), kind, None
+        model.params = Parameters({n: s for n, s in shapes.items() if n not in quantized}, np.float32)
+        model.grads, model.int8_weights, model._replicas = None, {}, []
+        for name, tensor in tensors:
+            if name == "wte.weight":  # stored transposed: the output layer's (C, V) product
+                model.int8_weights[name] = int8.quantize(tensor.T)
+            elif name in quantized:
+                model.int8_weights[name] = int8.quantize(tensor)
+            else:
+                model.params[name] = tensor
+        model._build_layers()
         return model
 
     def save_pretrained(self, path: str | os.PathLike, eos_token_id: int | None = None) -> Path:
         """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads."""
+        self._not_quantized("save_pretrained")
         return checkpoint.save(self.config, self.params, path, eos_token_id)
 
     # forward ---------------------------------------------------------------------------------
@@ -338,6 +402,12 @@ class GPT:
         if cache.length + Tq > cache.capacity:
             raise ValueError(f"{cache.length} cached + {Tq} new positions exceed the cache's {cache.capacity}")
         cfg = self.config
+        step = self._decode_step() if Tq == 1 else None
+        if step is not None:  # one position: every layer in one compiled call, the same computation
+            out = np.empty((B, cfg.vocab_size), np.float32)
+            step.step(out, np.ascontiguousarray(x[:, 0]), cache.layers, cache.length, self.decode_threads)
+            cache.length += 1
+            return out
         logits = np.empty((B, 1, cfg.vocab_size), self.dtype)
         make = lambda: Activations(cfg, B, Tq, self.dtype, per_layer=False, T_max=cfg.n_ctx)  # noqa: E731
         with self.buffers.lease(("cached", B, Tq), make) as a:
@@ -345,6 +415,32 @@ class GPT:
             self.head.forward(logits, a, a.resid[-1], last_only=True)
         cache.length += Tq
         return logits[:, 0]
+
+    @property
+    def decode_threads(self) -> int:
+        """Threads that share the compiled decode step's products: two where there are two cores and
+        the weights are large enough that a second thread pays for its start (about 30 us)."""
+        weight_bytes = self.params.flat.nbytes + sum(q.nbytes + s.nbytes for q, s in self.int8_weights.values())
+        return 2 if weight_bytes >= DECODE_THREADS_FROM and parallel.cores() > 1 else 1
+
+    def _decode_step(self) -> Any:
+        """The compiled decode step over this model's own weights (kernels.decoder), or None: a
+        float64 model, or the NumPy backend, runs its layers."""
+        if self._decoder is False:
+            self._decoder = None if self.dtype != np.float32 else K.decoder(*self._decoder_weights())
+        return self._decoder
+
+    def _decoder_weights(self) -> tuple:
+        p, cfg = self.params, self.config
+        w = lambda name: self.int8_weights.get(name, p[name] if name in p else None)  # noqa: E731
+        blocks = []
+        for l in range(cfg.n_layer):
+            names = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
+                     "attn.c_proj.bias", "ln_2.weight", "ln_2.bias", "mlp.c_fc.weight", "mlp.c_fc.bias",
+                     "mlp.c_proj.weight", "mlp.c_proj.bias")  # fmt: skip
+            blocks.append(tuple(w(f"h.{l}.{name}") for name in names))
+        eps = cfg.layer_norm_epsilon
+        return cfg.n_head, eps, w("wte.weight"), p["wpe.weight"], p["ln_f.weight"], p["ln_f.bias"], blocks
 
     # forward + backward ----------------------------------------------------------------------
 
@@ -357,6 +453,7 @@ class GPT:
         core, on threads (parallel.py); the result is the same as in one piece up to the order of
         float sums. Not thread-safe: one training loop per model.
         """
+        self._not_quantized("loss_and_grads")
         x, y, n = inputs_and_targets(idx, targets, self.config.vocab_size, self.config.n_ctx)
         cfg, (B, T) = self.config, x.shape
         rows = parallel.shards(B)
@@ -371,6 +468,10 @@ class GPT:
         for replica in self._replicas[1 : len(rows)]:
             self.grads.flat += replica.grads.flat  # the shards' gradients add up to the batch's
         return float(sum(losses) / n), self.grads
+
+    def _not_quantized(self, fn: str) -> None:
+        if self.quantized:
+            raise ValueError(f"{fn}: an {self.quantized} model is for inference; use the float32 model it was made from")
 
     def _replica(self) -> GPT:
         """A GPT over this model's very weights, with gradients and buffers of its own (a shard's);

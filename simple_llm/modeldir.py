@@ -42,9 +42,10 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     return KINDS[kind].from_state(state, path)
 
 
-def load_model(directory: str | os.PathLike) -> tuple[GPT, Tokenizer]:
-    """The model and tokenizer of a model directory; a ValueError says what is missing or wrong."""
-    model = GPT.from_pretrained(directory)
+def load_model(directory: str | os.PathLike, quantize: str | None = None) -> tuple[GPT, Tokenizer]:
+    """The model and tokenizer of a model directory; a ValueError says what is missing or wrong.
+    quantize="int8" loads the model as GPT.quantize makes it (the checkpoint is read as it is)."""
+    model = GPT.from_pretrained(directory, quantize=quantize)
     tok = load_tokenizer(directory)
     if tok.vocab_size > model.config.vocab_size:
         raise ValueError(

@@ -108,6 +108,7 @@ def parser(name: str) -> Parser:
         "refused (--max-steps and --lr-decay-steps extend it)",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    g.add_argument("--quantize", help=argparse.SUPPRESS)  # refused in one line: training needs float32 weights
     p.set_defaults(run=run)
     return p
 
@@ -256,6 +257,8 @@ def run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if out.exists() and not out.is_dir():
         raise CLIError(f"--out {out} exists and is not a directory")
+    if args.quantize:
+        raise CLIError(f"--quantize {args.quantize}: a quantized model is for inference and cannot be trained")
     if args.init_from and args.resume:
         raise CLIError("--init-from starts a new run and --resume continues one: give only one")
     if args.resume:

@@ -17,7 +17,7 @@ float32 is computed in float32 (as PyTorch does), float64 in float64.
 """
 from cython cimport floating
 from libc.math cimport log, sqrt
-from libc.stdint cimport int64_t
+from libc.stdint cimport int8_t, int64_t
 from libc.stdlib cimport free, malloc
 
 from _floatmath cimport LANES, _exp, _row_dot, _row_max, _row_sum, _sqrt, _tanh
@@ -513,3 +513,6 @@ cdef list _merge(bytes piece, dict ranks, list parts, Py_ssize_t n, int64_t* pai
             if r >= 0:
                 _heap_push(heap, &size, r * n + p)
     return [ranks[part] for part in parts if part is not None]
+
+
+include "_decode.pxi"
