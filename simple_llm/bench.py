@@ -109,7 +109,8 @@ def worker(job: str, name: str, steps: int, new_tokens: int) -> float:
     b = Bench.named(name)
     if job == "train":
         return median_time(ours_trainer(b), steps, warmup=2)
-    return median_time(ours_generator(GPT(b.generation_config(new_tokens)), new_tokens), steps)
+    model = GPT(b.generation_config(new_tokens))
+    return median_time(ours_generator(model.quantize("int8") if job == "generate-int8" else model, new_tokens), steps)
 
 
 def contender(who: str, job: str, b: Bench, steps: int, new_tokens: int) -> list[str]:
@@ -314,6 +315,8 @@ def run(args: argparse.Namespace) -> int:
             )
         ours = "cython" if compiled else "numpy"
         gen = {ours: (contender("ours", "generate", b, 1, new_tokens), not compiled)}
+        if compiled:
+            gen["int8"] = (contender("ours", "generate-int8", b, 1, new_tokens), False)
         if with_hf:
             gen["hf"] = (contender("torch", "generate", b, 1, new_tokens), False)
         times = rounds(gen, n_rounds)
@@ -322,12 +325,16 @@ def run(args: argparse.Namespace) -> int:
         tps = new_tokens / statistics.median(times[ours])
         print(
             f"  generate {ours:<8} {tps:10.0f} tokens/s  (batch 1, 1-token prompt, {new_tokens} new, cache; "
-            f"bandwidth bound {bound:.0f} tokens/s, ours {tps / bound:.0%} of it)"
+            f"float32 bandwidth bound {bound:.0f} tokens/s, ours {tps / bound:.0%} of it)"
         )
+        if compiled:
+            tps8 = new_tokens / statistics.median(times["int8"])
+            print(f"  generate {'int8':<8} {tps8:10.0f} tokens/s  (the same, int8 weights; {tps8 / bound:.0%} of the float32 bound)")
         if with_hf:
+            vs = f"ours {ratio(times[ours], times['hf']):.1f}x" + (f", int8 {ratio(times['int8'], times['hf']):.1f}x" if compiled else "")
             print(
                 f"  generate {'hf':<8} {new_tokens / statistics.median(times['hf']):10.0f} tokens/s  "
-                f"transformers generate(use_cache=True); ours {ratio(times[ours], times['hf']):.1f}x"
+                f"transformers generate(use_cache=True); {vs}"
             )
     if compiled:
         b = Bench.named("small")
