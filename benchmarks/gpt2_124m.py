@@ -103,9 +103,11 @@ def main() -> None:
             make_checkpoint(path)
         generate = ["generate", "--model", str(path), "--prompt", "The meaning of life is", "--max-new-tokens", "20"]
         for extra in ([], ["--quantize", "int8"]):
-            proc = subprocess.run([sys.executable, "-c", MEASURE_RSS, *generate, *extra], capture_output=True, text=True)
+            command = [sys.executable, "-c", MEASURE_RSS, *generate, *extra]
+            proc = subprocess.run(command, capture_output=True, text=True)
             last = proc.stderr.strip().splitlines()[-1]
-            print(f"generate {' '.join(extra) or '(float32)'}, GPT-2 124M, 20 new tokens: exit {proc.returncode}; {last}")
+            kind = " ".join(extra) or "(float32)"
+            print(f"generate {kind}, GPT-2 124M, 20 new tokens: exit {proc.returncode}; {last}")
         speeds(path)
 
 

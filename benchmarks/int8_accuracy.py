@@ -37,7 +37,8 @@ def main() -> None:
     args = p.parse_args()
     model, tok = GPT.from_pretrained(args.model), load_tokenizer(args.model)
     q = model.quantize("int8")
-    tokens = np.asarray(tok.encode(open(args.text, encoding="utf-8").read()), dtype=np.int64)
+    with open(args.text, encoding="utf-8") as f:
+        tokens = np.asarray(tok.encode(f.read()), dtype=np.int64)
     block = min(model.config.n_ctx, 256)
     f32, i8 = mean_loss(model, tokens, block), mean_loss(q, tokens, block)
     print(f"{args.model}: {len(tokens)} tokens; loss float32 {f32:.5f}, int8 {i8:.5f} ({(i8 - f32) / f32:+.3%})")

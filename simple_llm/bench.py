@@ -329,9 +329,13 @@ def run(args: argparse.Namespace) -> int:
         )
         if compiled:
             tps8 = new_tokens / statistics.median(times["int8"])
-            print(f"  generate {'int8':<8} {tps8:10.0f} tokens/s  (the same, int8 weights; {tps8 / bound:.0%} of the float32 bound)")
+            print(
+                f"  generate {'int8':<8} {tps8:10.0f} tokens/s  (the same, int8 weights; "
+                f"{tps8 / bound:.0%} of the float32 bound)"
+            )
         if with_hf:
-            vs = f"ours {ratio(times[ours], times['hf']):.1f}x" + (f", int8 {ratio(times['int8'], times['hf']):.1f}x" if compiled else "")
+            vs = f"ours {ratio(times[ours], times['hf']):.1f}x"
+            vs += f", int8 {ratio(times['int8'], times['hf']):.1f}x" if compiled else ""
             print(
                 f"  generate {'hf':<8} {new_tokens / statistics.median(times['hf']):10.0f} tokens/s  "
                 f"transformers generate(use_cache=True); {vs}"

@@ -85,7 +85,9 @@ def _check_computes_gpt2(raw: dict[str, Any], cfg: GPTConfig, path: Path) -> Non
             )
 
 
-def open_checkpoint(directory: str | os.PathLike) -> tuple[GPTConfig, Callable[[np.dtype], Iterator[tuple[str, np.ndarray]]]]:
+def open_checkpoint(
+    directory: str | os.PathLike,
+) -> tuple[GPTConfig, Callable[[np.dtype], Iterator[tuple[str, np.ndarray]]]]:
     """The config of a checkpoint directory, once its config and the header of its weights have
     passed every check, and a function that reads the weights one at a time, as (parameter name,
     array cast to a dtype): into Parameters of that config, or into an int8 model."""

@@ -498,6 +498,7 @@ class _Decoder:
             raise ValueError(f"{fn}: the caches differ in length")
         if isinstance(pos, bool) or not isinstance(pos, (int, np.integer)) or not 0 <= pos < min(cap, self.n_ctx):
             raise ValueError(f"{fn}: pos must be in [0, {min(cap, self.n_ctx)}), not {pos!r}")
-        _writable(fn, logits=logits, **{f"caches[{l}]": c for l, c in enumerate(caches)})
-        _separate(fn, ("logits",), (), logits=logits, tokens=tokens, **{f"caches[{l}]": c for l, c in enumerate(caches)})
+        named = {f"caches[{l}]": c for l, c in enumerate(caches)}
+        _writable(fn, logits=logits, **named)
+        _separate(fn, ("logits",), (), logits=logits, tokens=tokens, **named)
         self._compiled.step(logits, tokens, caches, int(pos), 2 if threads > 1 else 1)

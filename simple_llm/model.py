@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -37,9 +37,9 @@ DECODE_THREADS_FROM = 4 << 20  # bytes of weights from which a decode step runs 
 class LayerNorm:
     """y = (x - mean(x)) / std(x) * weight + bias over the channels of each position."""
 
-    def __init__(self, p: Parameters, g: Parameters | None, name: str, eps: float):
+    def __init__(self, p: Parameters, g: Parameters, name: str, eps: float):
         self.w, self.b = p[name + ".weight"], p[name + ".bias"]  # (C,)
-        self.dw, self.db = (g[name + ".weight"], g[name + ".bias"]) if g is not None else (None, None)  # (C,)
+        self.dw, self.db = g[name + ".weight"], g[name + ".bias"]  # (C,)
         self.eps = eps
 
     def forward(self, out, mean, rstd, x):
@@ -245,8 +245,8 @@ class LMHead:
 class QuantizedLMHead(LMHead):
     """LMHead of an int8 model: logits = ln_f(x) @ W, W the int8 wte^T (C, V) (int8.py), forward only."""
 
-    def __init__(self, p: Parameters, eps: float, wte_t: tuple[np.ndarray, np.ndarray]):
-        self.ln_f = LayerNorm(p, None, "ln_f", eps)
+    def __init__(self, p: Parameters, g: Parameters, eps: float, wte_t: tuple[np.ndarray, np.ndarray]):
+        self.ln_f = LayerNorm(p, g, "ln_f", eps)
         self.out = int8.QuantizedLinear(wte_t, None)
 
     def forward(self, out, a: Activations, x, last_only: bool = False):
@@ -286,9 +286,11 @@ class GPT:
         if self.quantized:
             w = self.int8_weights
             linear = lambda p, g, name: int8.QuantizedLinear(w[name + ".weight"], p[name + ".bias"])  # noqa: E731
-            self.embedding = int8.QuantizedEmbedding(w["wte.weight"], p["wpe.weight"])
+            self.embedding: Embedding | int8.QuantizedEmbedding = int8.QuantizedEmbedding(
+                w["wte.weight"], p["wpe.weight"]
+            )
             self.h = [Block(p, g, i, cfg, linear) for i in range(cfg.n_layer)]
-            self.head = QuantizedLMHead(p, cfg.layer_norm_epsilon, w["wte.weight"])
+            self.head: LMHead = QuantizedLMHead(p, g, cfg.layer_norm_epsilon, w["wte.weight"])
         else:
             self.embedding = Embedding(p, g)
             self.h = [Block(p, g, i, cfg) for i in range(cfg.n_layer)]
@@ -314,7 +316,9 @@ class GPT:
         return self.params.flat.size + sum(q.size for q, _ in self.int8_weights.values())
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, dtype: DTypeLike = np.float32, quantize: str | None = None) -> GPT:
+    def from_pretrained(
+        cls, path: str | os.PathLike, dtype: DTypeLike = np.float32, quantize: str | None = None
+    ) -> GPT:
         """Load a Hugging Face GPT-2 checkpoint directory (config.json + model.safetensors).
 
         quantize="int8" returns what ``from_pretrained(path).quantize("int8")`` would, quantising
@@ -336,16 +340,17 @@ class GPT:
         return GPT._int8(self.config, self.params.items(), kind)
 
     @classmethod
-    def _int8(cls, config: GPTConfig, tensors: Iterator[tuple[str, np.ndarray]], kind: str) -> GPT:
+    def _int8(cls, config: GPTConfig, tensors: Iterable[tuple[str, np.ndarray]], kind: str) -> GPT:
         """The int8 model of the named float tensors, which arrive one at a time."""
         if kind not in int8.KINDS:
             raise ValueError(f"quantize: kind must be one of {', '.join(int8.KINDS)}, not {kind!r}")
         shapes = config.shapes()
         quantized = {name for name in shapes if name == "wte.weight" or name.endswith(int8.LINEAR_WEIGHTS)}
         model = object.__new__(cls)
-        model.config, model.dtype, model.quantized, model.rng = config, np.dtype(np.float32), kind, None
+        model.config, model.dtype, model.quantized = config, np.dtype(np.float32), kind
         model.params = Parameters({n: s for n, s in shapes.items() if n not in quantized}, np.float32)
-        model.grads, model.int8_weights, model._replicas = None, {}, []
+        model.grads = model.params.like()  # (never written: an int8 model does not train)
+        model.int8_weights, model._replicas, model.rng = {}, [], np.random.default_rng(0)
         for name, tensor in tensors:
             if name == "wte.weight":  # stored transposed: the output layer's (C, V) product
                 model.int8_weights[name] = int8.quantize(tensor.T)
@@ -432,7 +437,7 @@ class GPT:
 
     def _decoder_weights(self) -> tuple:
         p, cfg = self.params, self.config
-        w = lambda name: self.int8_weights.get(name, p[name] if name in p else None)  # noqa: E731
+        w = lambda name: self.int8_weights.get(name, p.get(name))  # noqa: E731
         blocks = []
         for l in range(cfg.n_layer):
             names = ("ln_1.weight", "ln_1.bias", "attn.c_attn.weight", "attn.c_attn.bias", "attn.c_proj.weight",
@@ -471,7 +476,9 @@ class GPT:
 
     def _not_quantized(self, fn: str) -> None:
         if self.quantized:
-            raise ValueError(f"{fn}: an {self.quantized} model is for inference; use the float32 model it was made from")
+            raise ValueError(
+                f"{fn}: an {self.quantized} model is for inference; use the float32 model it was made from"
+            )
 
     def _replica(self) -> GPT:
         """A GPT over this model's very weights, with gradients and buffers of its own (a shard's);
@@ -510,6 +517,7 @@ class GPT:
                 self.h[l].backward(s.dres, a.layers[l], a.resid[l], s)
             if a.emb_drop is not None:
                 s.dres *= a.emb_drop
+            assert isinstance(self.embedding, Embedding)  # loss_and_grads refused an int8 model
             self.embedding.backward(s.dres, x)
         return loss
 

@@ -24,7 +24,7 @@ CONFIGS = {
 def sharp_model(cfg: GPTConfig, seed: int = 0) -> GPT:
     """A random model whose logits are spread out (weights x4), so that greedy choices are not near-ties."""
     model = GPT(cfg, seed=seed)
-    for name, w in model.params.items():
+    for w in model.params.values():
         if w.ndim == 2:
             w *= 4.0
     return model

@@ -173,8 +173,8 @@ def model_dir(tmp_path_factory) -> Path:
 
 
 def test_generate_and_eval_take_quantize(model_dir, tmp_path):
-    plain = run_cli("generate", "--model", model_dir, "--prompt", "Hello", "--max-new-tokens", "12")
-    quant = run_cli("generate", "--model", model_dir, "--prompt", "Hello", "--max-new-tokens", "12", "--quantize", "int8")
+    args = ("generate", "--model", model_dir, "--prompt", "Hello", "--max-new-tokens", "12")
+    plain, quant = run_cli(*args), run_cli(*args, "--quantize", "int8")
     assert plain.returncode == quant.returncode == 0, quant.stderr
     assert quant.stdout.startswith("Hello") and len(quant.stdout.strip()) > len("Hello")
     data = tmp_path / "text.txt"
