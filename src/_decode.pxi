@@ -177,7 +177,7 @@ cdef struct Step:
     float* atty  # (B, C) attention's output
     float* fc  # (B, 4C) the MLP's hidden layer
     float* th  # (nt, 4C) GELU's tanh, which the span writes (a decode step has no backward)
-    float* att  # (nt, cap) one head's attention weights, per thread
+    float* att  # (nt, NH, cap) attention weights, per thread
     float* part  # (nt, B, 4C) each thread's sums over its rows of a product's weights (two threads)
     int nt
     sl_barrier bar
@@ -346,7 +346,7 @@ cdef void _decode(Step* s, int tid) noexcept nogil:
     cdef Py_ssize_t b, c, l, hd, t, T = s.pos + 1, j0, j1, h0, h1, v
     cdef Layer* lay
     cdef float* h = s.h + tid * B * C
-    cdef float* att = s.att + tid * s.cap
+    cdef float* att = s.att + tid * m.NH * s.cap
     cdef const float* qkv
     cdef const float* e
     cdef float* y
@@ -371,18 +371,27 @@ cdef void _decode(Step* s, int tid) noexcept nogil:
         for b in range(B):
             _layernorm_row(h + b * C, &mean, &rstd, s.x + b * C, lay.ln1_w, lay.ln1_b, C, m.eps)
         _product(s, tid, s.cache[l] + s.pos * C3, s.cap * C3, h, C, &lay.c_attn, False, False)
-        # atty = softmax(q k^T / sqrt(hs)) v, this thread's heads
+        # atty = softmax(q k^T / sqrt(hs)) v for this thread's heads, position by position: the
+        # keys (and then the values) of one position for all these heads lie side by side, and the
+        # next position's are fetched while this one's are used (positions are 3C apart, too far
+        # for the hardware prefetcher)
         for b in range(B):
             qkv = s.cache[l] + b * s.cap * C3
+            for t in range(T):
+                for c in range(h0 * hs, h1 * hs, 16):
+                    __builtin_prefetch(qkv + min(t + 2, T - 1) * C3 + C + c)
+                for hd in range(h0, h1):
+                    att[(hd - h0) * s.cap + t] = _row_dot(qkv + s.pos * C3 + hd * hs, qkv + t * C3 + C + hd * hs, hs)
             for hd in range(h0, h1):
-                for t in range(T):
-                    att[t] = _row_dot(qkv + s.pos * C3 + hd * hs, qkv + t * C3 + C + hd * hs, hs)
-                _causal_softmax_row(att, T, T, scale)
-                y = s.atty + b * C + hd * hs
-                for c in range(hs):
-                    y[c] = zero
-                for t in range(T):
-                    _axpy(y, att[t], qkv + t * C3 + 2 * C + hd * hs, hs)
+                _causal_softmax_row(att + (hd - h0) * s.cap, T, T, scale)
+            y = s.atty + b * C
+            for c in range(h0 * hs, h1 * hs):
+                y[c] = zero
+            for t in range(T):
+                for c in range(h0 * hs, h1 * hs, 16):
+                    __builtin_prefetch(qkv + min(t + 2, T - 1) * C3 + 2 * C + c)
+                for hd in range(h0, h1):
+                    _axpy(y + hd * hs, att[(hd - h0) * s.cap + t], qkv + t * C3 + 2 * C + hd * hs, hs)
         if s.nt > 1:
             sl_barrier_wait(&s.bar)
         # x += c_proj(atty)
@@ -491,7 +500,7 @@ cdef class Decoder:
         s.nt = 2 if threads > 1 else 1
         s.cache = <float**>malloc(max(1, self.m.L) * sizeof(float*))
         s.cap = caches[0].shape[1] if self.m.L else pos + 1
-        s.x = <float*>malloc((B * C * (6 + s.nt) + s.nt * (4 * C + s.cap) + s.nt * B * 4 * C) * sizeof(float))
+        s.x = <float*>malloc((B * C * (6 + s.nt) + s.nt * (4 * C + self.m.NH * s.cap) + s.nt * B * 4 * C) * sizeof(float))
         if s.cache == NULL or s.x == NULL:
             free(s.cache)
             free(s.x)
@@ -501,7 +510,7 @@ cdef class Decoder:
         s.h = s.fc + 4 * B * C
         s.th = s.h + s.nt * B * C
         s.att = s.th + s.nt * 4 * C
-        s.part = s.att + s.nt * s.cap
+        s.part = s.att + s.nt * self.m.NH * s.cap
         for l in range(self.m.L):
             cv = caches[l]
             views.append(cv)
