@@ -260,7 +260,7 @@ cdef void _linear(float* out, Py_ssize_t out_stride, const float* x, Py_ssize_t 
                 for j in range(n):
                     o[j] = o[j] + f.b[t0 + j]
         for i in range(i0, i1, 4):
-            for j in range(4):  # past the last row: the first row again, times 0 (added exactly)
+            for j in range(4):  # past the last row: the first row again, times 0 (adds nothing, for finite weights)
                 row = i + j if i + j < i1 else i0
                 if f.q != NULL:
                     q[j], s[j] = f.q + row * f.n_out + t0, f.s + row * nblk + t0 // QBLOCK
