@@ -15,6 +15,7 @@ with tarfile.open(next(dist.glob("*.tar.gz"))) as sdist:
 for need in (
     "src/_kernels.pyx",
     "src/_floatmath.pxd",
+    "src/_decode.pxi",
     "setup.py",
     "pyproject.toml",
     "MANIFEST.in",

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import fallback, kernels
+from . import fallback, kernels, parallel
 from .cli_args import Parser, command_parser, positive_int
 from .config import GPTConfig
 from .model import GPT
@@ -180,9 +180,23 @@ def blas_info() -> str:
 # kernels -----------------------------------------------------------------------------------------
 
 
-def kernel_cases(b: Bench, dtype=np.float32) -> dict[str, Callable[[], None]]:
+@dataclass
+class KernelCase:
+    """One call of a kernel at a configuration's sizes, with what it must move and compute."""
+
+    call: Callable[[], None]
+    elements: int  # of its main array
+    bytes: int  # it must read and write at least once (float32)
+    flops: int  # its arithmetic, counting exp and tanh as EXP_FLOPS each
+
+
+EXP_FLOPS = 15  # _expf: a rounding, a 6-term polynomial and the exponent bits (src/_floatmath.pxd)
+
+
+def kernel_cases(b: Bench, dtype=np.float32) -> dict[str, KernelCase]:
     """One call of each fused kernel (through simple_llm.kernels, so with the backend in use) at
-    this configuration's sizes."""
+    this configuration's sizes. The outputs are allocated once; the in-place kernels work on their
+    array again at each call (the values stay finite)."""
     c, B = b.cfg, b.batch
     T, C, NH, V, N = c.n_ctx, c.n_embd, c.n_head, c.vocab_size, b.batch * c.n_ctx
     rng = np.random.default_rng(0)
@@ -191,10 +205,10 @@ def kernel_cases(b: Bench, dtype=np.float32) -> dict[str, Callable[[], None]]:
         return rng.standard_normal(shape).astype(dtype)
 
     x, w, bias, dout = r(N, C), r(C), r(C), r(N, C)
-    mean, rstd, out = np.empty(N, dtype), np.empty(N, dtype), r(N, C)
-    scores, att = r(B, NH, T, T), np.empty((B, NH, T, T), dtype)
+    mean, rstd, out, dx, dw, db = np.empty(N, dtype), np.empty(N, dtype), r(N, C), r(N, C), r(C), r(C)
+    scores, att, datt = r(B, NH, T, T), np.empty((B, NH, T, T), dtype), r(B, NH, T, T)
     h, logits, targets = r(N, 4 * C), r(N, V), rng.integers(0, V, N)
-    th = np.tanh(h)
+    th, gout, probs, dlogits = np.tanh(h), np.empty_like(h), np.empty_like(logits), np.empty_like(logits)
     losses, lse = np.empty(N, dtype), np.empty(N, dtype)
     n = sum(int(np.prod(s)) for s in c.shapes().values())
     p, g, m, v = r(n), r(n), r(n), np.abs(r(n))
@@ -203,32 +217,58 @@ def kernel_cases(b: Bench, dtype=np.float32) -> dict[str, Callable[[], None]]:
     att[...] = scores
     K.attention_softmax_forward(att, 0.2)
     K.crossentropy_forward(losses, lse, logits, targets)
-    return {
-        "layernorm_forward": lambda: K.layernorm_forward(out, mean, rstd, x, w, bias, 1e-5),
-        "layernorm_backward": lambda: K.layernorm_backward(dout.copy(), w.copy(), bias.copy(), dout, x, w, mean, rstd),
-        "attention_softmax_fwd": lambda: K.attention_softmax_forward(scores.copy(), 0.2),
-        "attention_softmax_bwd": lambda: K.attention_softmax_backward(scores.copy(), att, 0.2),
-        "softmax_forward": lambda: K.softmax_forward(logits.copy(), logits),
-        "gelu_forward": lambda: K.gelu_forward(h.copy(), th, h),
-        "gelu_backward": lambda: K.gelu_backward(h.copy(), h, th, h),
-        "crossentropy_forward": lambda: K.crossentropy_forward(losses, lse, logits, targets),
-        "crossentropy_backward": lambda: K.crossentropy_backward(logits.copy(), logits, lse, targets, 1.0 / N),
-        "adamw_update": lambda: K.adamw_update(p, g, m, v, 1e-9, 0.9, 0.95, 1e-8, 0.1, 1),
+    NC, M, E, NV, f = N * C, B * NH * T * T, N * 4 * C, N * V, 4  # f: bytes of a float32
+    return {  # bytes: each array read or written once (the causal half of att read, all of it written)
+        "layernorm_forward": KernelCase(
+            lambda: K.layernorm_forward(out, mean, rstd, x, w, bias, 1e-5), NC, f * (2 * NC + 2 * N), 8 * NC
+        ),
+        "layernorm_backward": KernelCase(
+            lambda: K.layernorm_backward(dx, dw, db, dout, x, w, mean, rstd), NC, f * 4 * NC, 12 * NC
+        ),
+        "attention_softmax_fwd": KernelCase(
+            lambda: K.attention_softmax_forward(scores, 0.2), M, f * (M // 2 + M), (M // 2) * (5 + EXP_FLOPS)
+        ),
+        "attention_softmax_bwd": KernelCase(lambda: K.attention_softmax_backward(datt, att, 0.2), M, f * 3 * M, 5 * M),
+        "softmax_forward": KernelCase(lambda: K.softmax_forward(probs, logits), NV, f * 2 * NV, NV * (4 + EXP_FLOPS)),
+        "gelu_forward": KernelCase(lambda: K.gelu_forward(gout, th, h), E, f * 3 * E, E * (10 + EXP_FLOPS)),
+        "gelu_backward": KernelCase(lambda: K.gelu_backward(gout, h, th, h), E, f * 4 * E, 14 * E),
+        "crossentropy_forward": KernelCase(
+            lambda: K.crossentropy_forward(losses, lse, logits, targets), NV, f * NV, NV * (3 + EXP_FLOPS)
+        ),
+        "crossentropy_backward": KernelCase(
+            lambda: K.crossentropy_backward(dlogits, logits, lse, targets, 1.0 / N),
+            NV,
+            f * 2 * NV,
+            NV * (3 + EXP_FLOPS),
+        ),
+        "adamw_update": KernelCase(
+            lambda: K.adamw_update(p, g, m, v, 1e-9, 0.9, 0.95, 1e-8, 0.1, 1), n, f * 7 * n, 16 * n
+        ),
     }
 
 
-def kernel_table(b: Bench, repeats: int) -> list[tuple[str, float, float]]:
-    """(kernel, compiled microseconds, NumPy microseconds) at b's sizes; the compiled kernels are the
-    build in use (kernels.SIMD's level)."""
+def one_core_limits() -> tuple[float, float]:
+    """(GB/s, GFLOP/s) of one core, the kernels' limits (each kernel runs on its caller's thread):
+    a float32 matrix-vector product over 256 MB and an n = 1024 matrix product, BLAS on one thread."""
+    with parallel.single_threaded_blas():
+        return read_bandwidth_gbs(), gemm_gflops()
+
+
+def kernel_table(b: Bench, repeats: int, limits: tuple[float, float]) -> list[tuple]:
+    """Per kernel at b's sizes: (name, compiled microseconds, NumPy microseconds, compiled ns per
+    element, share of its roofline). The roofline is the larger of (bytes / one core's bandwidth)
+    and (flops / one core's GEMM rate); the compiled kernels are the build in use (kernels.SIMD)."""
+    bandwidth, peak = limits
     rows = []
     saved = compiled = kernels.impl
     try:
-        for name, call in kernel_cases(b).items():
+        for name, case in kernel_cases(b).items():
             kernels.impl = compiled
-            t_c = median_time(call, repeats)
+            t_c = median_time(case.call, repeats)
             kernels.impl = fallback
-            t_n = median_time(call, repeats)
-            rows.append((name, t_c * 1e6, t_n * 1e6))
+            t_n = median_time(case.call, repeats)
+            roofline = max(case.bytes / (bandwidth * 1e9), case.flops / (peak * 1e9))
+            rows.append((name, t_c * 1e6, t_n * 1e6, t_c * 1e9 / case.elements, roofline / t_c))
     finally:
         kernels.impl = saved
     return rows
@@ -341,11 +381,15 @@ def run(args: argparse.Namespace) -> int:
                 f"transformers generate(use_cache=True); {vs}"
             )
     if compiled:
-        b = Bench.named("small")
-        print(f"\n[kernels at 'small' sizes, float32, {kernels.SIMD}] microseconds per call, median, this process")
-        print(f"  {'kernel':<22} {'compiled':>10} {'numpy':>10} {'speedup':>8}")
-        for name, t_c, t_n in kernel_table(b, 3 if args.quick else 10):
-            print(f"  {name:<22} {t_c:10.1f} {t_n:10.1f} {t_n / t_c:7.1f}x")
+        limits = one_core_limits()
+        print(
+            f"\n[kernels, float32, {kernels.SIMD}] microseconds per call, median, this process, one thread; "
+            f"roofline: the larger of bytes / {limits[0]:.1f} GB/s and flops / {limits[1]:.1f} GFLOP/s (one core)"
+        )
+        for name in ("shakespeare-cpu", "small"):
+            print(f"  {name:<22} {'compiled':>10} {'numpy':>10} {'speedup':>8} {'ns/elem':>8} {'roofline':>9}")
+            for kernel, t_c, t_n, ns, share in kernel_table(Bench.named(name), 3 if args.quick else 10, limits):
+                print(f"  {kernel:<22} {t_c:10.1f} {t_n:10.1f} {t_n / t_c:7.1f}x {ns:8.2f} {share:9.0%}")
     if not args.quick:
         rss = peak_rss_mb("small", steps)
         print(f"\npeak RSS of a 'small' training run ({steps} steps, own process): {rss:.0f} MB")

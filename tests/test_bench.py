@@ -28,9 +28,12 @@ def test_bench_quick_prints_training_generation_and_kernel_figures():
     assert "numpy" in backends, out
     assert re.search(rf"generate +\w+ +{NUMBER} tokens/s .*bandwidth bound {NUMBER} tokens/s, ours {NUMBER}%", out), out
     assert "PyTorch" not in out  # --no-torch
-    if "cython" in backends:  # the per-kernel table compares compiled with NumPy
-        rows = re.findall(rf"^  (\w+) +{NUMBER} +{NUMBER} +{NUMBER}x$", out, re.M)
-        assert {"gelu_forward", "adamw_update", "attention_softmax_fwd"} <= set(rows), out
+    if "cython" in backends:  # the per-kernel table: compiled, NumPy, speedup, ns an element, roofline share
+        assert re.search(rf"generate +int8 +{NUMBER} tokens/s .*{NUMBER}% of the float32 bound", out), out
+        assert re.search(rf"roofline: the larger of bytes / {NUMBER} GB/s and flops / {NUMBER} GFLOP/s", out), out
+        rows = re.findall(rf"^  (\w+) +{NUMBER} +{NUMBER} +{NUMBER}x +{NUMBER} +{NUMBER}%$", out, re.M)
+        kernels = {"gelu_forward", "adamw_update", "attention_softmax_fwd", "crossentropy_backward"}
+        assert kernels <= set(rows) and len(rows) == 20, out  # ten kernels at two sizes
 
 
 @pytest.mark.skipif(
