@@ -383,6 +383,20 @@ def test_overlapping_outputs_are_refused(backend):
     np.testing.assert_allclose(x.sum(1), 1.0)
 
 
+def test_an_overlap_is_refused_after_the_same_buffers_passed_apart(backend):
+    """The overlap check remembers layouts found apart (a training step repeats its buffers): the
+    same buffers pass again, and views of them that overlap are still refused, each time."""
+    x, probs = rand(8, C), np.empty((8, C))
+    for _ in range(2):
+        kernels.softmax_forward(probs, x)
+    for _ in range(2):
+        with pytest.raises(ValueError, match="probs overlaps logits"):
+            kernels.softmax_forward(x[:4], x[1:5])
+        with pytest.raises(ValueError, match="probs overlaps logits"):
+            kernels.softmax_forward(probs.reshape(-1)[C : 5 * C].reshape(4, C), probs[:4])
+    kernels.softmax_forward(probs[4:], x[:4])  # apart: a new layout of the same buffers
+
+
 # float32 accuracy, pinned with float32-sized tolerances -------------------------------------------
 
 
