@@ -397,6 +397,34 @@ def test_an_overlap_is_refused_after_the_same_buffers_passed_apart(backend):
     kernels.softmax_forward(probs[4:], x[:4])  # apart: a new layout of the same buffers
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 33])
+def test_the_row_maximum_orders_negatives_infinities_and_nans_as_floats_do(backend, dtype, n):
+    """softmax and the cross-entropy subtract each row's maximum (compiled: over the floats' integer
+    order). All-negative rows whose spread would overflow exp from any other maximum, -0.0 beside
+    0.0, -inf, +inf and NaNs of either sign, at lengths around the 8 lanes."""
+    rng = np.random.default_rng(n)
+    rows = -rng.uniform(1, 150, (6, n))  # all negative: exp(x - m) overflows unless m is the largest
+    rows[1, :] = -0.0
+    rows[1, n // 2] = 0.0
+    rows[2, n - 1] = -np.inf
+    rows[3, 0] = np.inf
+    rows[4, n // 2] = np.nan
+    rows[5, n // 3] = np.copysign(np.nan, -1.0)  # a NaN with the sign bit set
+    x = rows.astype(dtype)
+    probs, losses, lse = np.empty_like(x), np.empty(6, dtype), np.empty(6, dtype)
+    with np.errstate(invalid="ignore", over="ignore"):  # inf - inf in the last rows
+        kernels.softmax_forward(probs, x)
+        kernels.crossentropy_forward(losses, lse, x, np.zeros(6, dtype=np.int64))
+        m = rows.max(axis=1, keepdims=True)
+        e = np.exp(rows - m)
+        want_p, want_lse = e / e.sum(axis=1, keepdims=True), (m + np.log(e.sum(axis=1, keepdims=True)))[:, 0]
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == np.float32 else dict(rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(probs[:3], want_p[:3], **tol)
+    np.testing.assert_allclose(lse[:3], want_lse[:3], **tol)
+    assert np.isnan(probs[3:]).any(axis=1).all() and np.isnan(lse[3:]).all()  # inf or NaN: NaN out
+
+
 # float32 accuracy, pinned with float32-sized tolerances -------------------------------------------
 
 
