@@ -65,6 +65,16 @@ nonnegative_float = _argument_type(float, lambda v: 0.0 <= v < float("inf"), "a 
 unit_interval = _argument_type(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")  # top-p
 
 
+MODEL_HELP = (
+    "a model directory, or a model's name: gpt2, gpt2-medium, gpt2-large, gpt2-xl or owner/name on the "
+    "Hugging Face Hub (downloaded once into its cache; needs the hub extra)"
+)
+
+
+def add_model_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="DIR|NAME", help=MODEL_HELP)
+
+
 def add_quantize_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--quantize",

@@ -17,7 +17,7 @@ import sys
 
 import numpy as np
 
-from .cli_args import CLIError, Parser, add_quantize_flag, command_parser, positive_int
+from .cli_args import CLIError, Parser, add_model_flag, add_quantize_flag, command_parser, positive_int
 from .fileio import read_text_file
 from .model import GPT
 from .modeldir import load_model
@@ -55,7 +55,7 @@ def loss_sum(model: GPT, tokens: np.ndarray, block: int, batch: int, progress=No
 
 def parser(name: str) -> Parser:
     p = command_parser(name, __doc__)
-    p.add_argument("--model", required=True, metavar="DIR", help="a model directory")
+    add_model_flag(p)
     p.add_argument("--data", required=True, metavar="FILE", help="the UTF-8 text to score")
     p.add_argument("--block-size", type=positive_int, help="tokens each window predicts (default: the model's n_ctx)")
     p.add_argument("--batch-size", type=positive_int, default=8, help="windows per forward pass (default 8)")

@@ -25,9 +25,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from .cli_args import CLIError, Parser, add_quantize_flag, command_parser, nonnegative_int
+from .cli_args import CLIError, Parser, add_model_flag, add_quantize_flag, command_parser, nonnegative_int
 from .explorer_api import BadRequest, Cancelled, Explorer, TooLarge
-from .modeldir import load_model
+from .modeldir import load_model, model_directory
 
 PAGE_DIR = Path(__file__).resolve().parent / "explorer"
 MAX_BODY = 1 << 20  # bytes of a request body
@@ -202,7 +202,7 @@ def serve(explorer: Explorer, host: str, port: int, timeout: float = 10.0) -> Th
 
 def parser(name: str) -> Parser:
     p = command_parser(name, __doc__)
-    p.add_argument("--model", required=True, metavar="DIR", help="a model directory")
+    add_model_flag(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=nonnegative_int, default=8000, help="0 picks a free port (default 8000)")
     p.add_argument("--no-browser", action="store_true", help="do not open the page in a browser")
@@ -212,11 +212,12 @@ def parser(name: str) -> Parser:
 
 
 def run(args: argparse.Namespace) -> int:
-    model, tok = load_model(args.model, args.quantize)
     if args.port > 65535:
         raise CLIError(f"--port {args.port} is not a port number (0 to 65535)")
+    directory = model_directory(args.model)
+    model, tok = load_model(directory, args.quantize)
     try:
-        server = serve(Explorer(model, tok, Path(args.model)), args.host, args.port)
+        server = serve(Explorer(model, tok, directory), args.host, args.port)
     except OSError as exc:
         raise CLIError(f"cannot listen on {args.host}:{args.port}: {exc.strerror or exc}") from None
     host, port = str(server.server_address[0]), int(server.server_address[1])

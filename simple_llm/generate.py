@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 
-from .cli_args import Parser, add_quantize_flag, add_sampling_flags, positive_int
+from .cli_args import Parser, add_model_flag, add_quantize_flag, add_sampling_flags, positive_int
 from .modeldir import load_model
 from .session import Session, settings_from
 
@@ -21,12 +21,7 @@ def parser(name: str) -> Parser:
         if name == "generate"
         else "Talk to a model directory: one prompt at a time, /help for commands.",
     )
-    p.add_argument(
-        "--model",
-        required=True,
-        metavar="DIR",
-        help="checkpoint directory: config.json, model.safetensors and a tokenizer",
-    )
+    add_model_flag(p)
     if name == "generate":
         p.add_argument("--prompt", required=True, help="the text to continue")
         p.add_argument(

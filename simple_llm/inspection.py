@@ -17,7 +17,7 @@ from collections import Counter
 import numpy as np
 
 from . import plotting
-from .cli_args import CLIError, Parser, command_parser, nonnegative_int, positive_int
+from .cli_args import CLIError, Parser, add_model_flag, command_parser, nonnegative_int, positive_int
 from .model import GPT
 from .modeldir import load_model
 from .session import probability_lines, token_label
@@ -35,7 +35,7 @@ HEATMAP_NOTE = (
 
 def parser(name: str) -> Parser:
     p = command_parser(name, __doc__, 2)
-    p.add_argument("--model", required=True, metavar="DIR", help="a model directory")
+    add_model_flag(p)
     p.add_argument("--prompt", help="the text to read (heatmaps and --trace)")
     p.add_argument("--out", metavar="FILE.png", help="where to draw (default attention.png or embeddings.png)")
     p.add_argument("--layer", type=nonnegative_int, help="only this layer (from 0)")

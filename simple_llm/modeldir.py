@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from .bpe import BPETokenizer, GPT2Tokenizer
+from .hub import model_directory
 from .model import GPT
 from .tokenizers import TOKENIZER_FILE, CharTokenizer, Tokenizer, TokenizerError, WordTokenizer, read_state
 
@@ -43,8 +44,10 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
 
 
 def load_model(directory: str | os.PathLike, quantize: str | None = None) -> tuple[GPT, Tokenizer]:
-    """The model and tokenizer of a model directory; a ValueError says what is missing or wrong.
-    quantize="int8" loads the model as GPT.quantize makes it (the checkpoint is read as it is)."""
+    """The model and tokenizer of a model directory, or of a model's name (hub.py: gpt2, owner/name on
+    the Hugging Face Hub); a ValueError says what is missing or wrong. quantize="int8" loads the model
+    as GPT.quantize makes it (the checkpoint is read as it is)."""
+    directory = model_directory(directory)
     model = GPT.from_pretrained(directory, quantize=quantize)
     tok = load_tokenizer(directory)
     if tok.vocab_size > model.config.vocab_size:

@@ -25,7 +25,7 @@ from .config import GPTConfig
 from .fileio import read_text_file
 from .memory import available_bytes, gigabytes, training_bytes
 from .model import GPT
-from .modeldir import load_model, load_tokenizer
+from .modeldir import load_model, load_tokenizer, model_directory
 from .run_files import STATE_FILE, read_state_meta
 from .tokenizers import CharTokenizer, Tokenizer, WordTokenizer
 from .trainer import Trainer
@@ -54,9 +54,10 @@ def parser(name: str) -> Parser:
     p.add_argument("--out", required=True, metavar="DIR", help="where the model and its state go")
     p.add_argument(
         "--init-from",
-        metavar="DIR",
-        help="start from this model directory (a Hugging Face GPT-2 checkpoint or one of ours): its config "
-        "and tokenizer are used (fine-tuning)",
+        metavar="DIR|NAME",
+        help="start from this model directory (a Hugging Face GPT-2 checkpoint or one of ours), or a model's "
+        "name (gpt2, gpt2-medium, gpt2-large, gpt2-xl, owner/name: downloaded once; the hub extra): its "
+        "config and tokenizer are used (fine-tuning)",
     )
     g = p.add_argument_group("tokenizer (a new model)")
     g.add_argument(
@@ -261,6 +262,8 @@ def run(args: argparse.Namespace) -> int:
         raise CLIError(f"--quantize {args.quantize}: a quantized model is for inference and cannot be trained")
     if args.init_from and args.resume:
         raise CLIError("--init-from starts a new run and --resume continues one: give only one")
+    if args.init_from:
+        args.init_from = str(model_directory(args.init_from))
     if args.resume:
         take_saved_settings(args, out)
     check_flags(args)
