@@ -121,7 +121,7 @@ def test_probability_bars_line_up_for_wide_characters():
     "args, fragment",
     [
         (["--prompt", "x"], "the following arguments are required: --model"),
-        (["--model", "/nonexistent/dir", "--prompt", "x"], "not a checkpoint directory"),
+        (["--model", "/nonexistent/dir", "--prompt", "x"], "is not a directory, nor a model name"),
         (["--model", "{model}", "--prompt", "x", "--top-p", "1.5"], "--top-p: must be a number in (0, 1]"),
         (
             ["--model", "{model}", "--prompt", "x", "--max-new-tokens", "-2"],

@@ -378,7 +378,7 @@ CLI_CASES = [
     (["generate", "--model", "{m}", "--prompt", "x", "--top-k", "-1"], "--top-k: must be an integer >= 0"),
     (["generate", "--model", "{m}", "--prompt", "zzz"], "no token of the prompt is in this model's vocabulary: z z z"),
     (["chat"], "required: --model"),
-    (["chat", "--model", "/no/such/dir"], "not a checkpoint directory"),
+    (["chat", "--model", "/no/such/dir"], "is not a directory, nor a model name"),
     (["chat", "--model", "{m}", "--show-probs", "-3"], "--show-probs: must be an integer >= 0"),
     (["inspect", "--model", "{m}"], "--prompt is needed"),
     (["inspect", "--model", "{m}", "--prompt", "hello", "--layer", "-1"], "--layer: must be an integer >= 0"),

@@ -40,6 +40,10 @@ def hub(tmp_path, monkeypatch):
     env = {"HF_HUB_CACHE": str(cache), "HF_HUB_OFFLINE": "1"}
     for k, v in env.items():
         monkeypatch.setenv(k, v)
+    from huggingface_hub import constants  # read the variables when first imported (transformers may have)
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     monkeypatch.chdir(tmp_path)
     return env
 
