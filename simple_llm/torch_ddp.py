@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
     directory = model_directory(args.init_from)
     tok = load_tokenizer(directory)
     model = GPT2LMHeadModel.from_pretrained(directory)
-    model.to(device)
+    model.to(device)  # type: ignore[arg-type]  # (transformers types .to as its own wrapper)
     block = args.block_size or model.config.n_positions
     train, val = split(encode(tok, read_text_file(args.data, "data file")), block)
     ddp = DistributedDataParallel(model, device_ids=[local] if cuda else None)
