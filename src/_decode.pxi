@@ -14,6 +14,8 @@
 cdef extern from *:
     """
     #if defined(_WIN32)
+    #define WIN32_LEAN_AND_MEAN
+    #define NOMINMAX
     #include <windows.h>
     typedef HANDLE sl_thread;
     #define SL_LOAD(p) InterlockedCompareExchange((volatile LONG*)(p), 0, 0)
@@ -28,6 +30,12 @@ cdef extern from *:
     #define SL_INC(p) __atomic_add_fetch((p), 1, __ATOMIC_ACQ_REL)
     #define SL_STORE(p, v) __atomic_store_n((p), (v), __ATOMIC_RELEASE)
     #define SL_YIELD() sched_yield()
+    #endif
+    #if defined(_MSC_VER)
+    #include <intrin.h>
+    #define sl_prefetch(p) _mm_prefetch((const char*)(p), _MM_HINT_T0)
+    #else
+    #define sl_prefetch(p) __builtin_prefetch(p)
     #endif
     #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__) || defined(_M_IX86)
     #include <emmintrin.h>
@@ -77,7 +85,7 @@ cdef extern from *:
     ctypedef struct sl_thread:
         pass
     void sl_barrier_wait(sl_barrier* b) nogil
-    void __builtin_prefetch(const void* p) nogil
+    void sl_prefetch(const void* p) nogil  # a cache line's fetch ahead of its use (a hint)
     int sl_start(sl_thread* th, sl_task* t) nogil
     void sl_join(sl_thread th) nogil
 
@@ -209,7 +217,7 @@ cdef inline void _axpy4_q8(float* o, const float* a, const int8_t** q, const flo
     for b in range(full):
         if pf != NULL and b % 2 == 0:  # the same columns of the four rows after these: a cache line each
             for j in range(4):
-                __builtin_prefetch(pf[j] + b * QBLOCK)
+                sl_prefetch(pf[j] + b * QBLOCK)
         if SL_Q8_INTRINSICS:
             sl_q8_block4(o + b * QBLOCK, a[0] * s[0][b], a[1] * s[1][b], a[2] * s[2][b], a[3] * s[3][b],
                          q[0] + b * QBLOCK, q[1] + b * QBLOCK, q[2] + b * QBLOCK, q[3] + b * QBLOCK)
@@ -379,7 +387,7 @@ cdef void _decode(Step* s, int tid) noexcept nogil:
             qkv = s.cache[l] + b * s.cap * C3
             for t in range(T):
                 for c in range(h0 * hs, h1 * hs, 16):
-                    __builtin_prefetch(qkv + min(t + 2, T - 1) * C3 + C + c)
+                    sl_prefetch(qkv + min(t + 2, T - 1) * C3 + C + c)
                 for hd in range(h0, h1):
                     att[(hd - h0) * s.cap + t] = _row_dot(qkv + s.pos * C3 + hd * hs, qkv + t * C3 + C + hd * hs, hs)
             for hd in range(h0, h1):
@@ -389,7 +397,7 @@ cdef void _decode(Step* s, int tid) noexcept nogil:
                 y[c] = zero
             for t in range(T):
                 for c in range(h0 * hs, h1 * hs, 16):
-                    __builtin_prefetch(qkv + min(t + 2, T - 1) * C3 + 2 * C + c)
+                    sl_prefetch(qkv + min(t + 2, T - 1) * C3 + 2 * C + c)
                 for hd in range(h0, h1):
                     _axpy(y + hd * hs, att[(hd - h0) * s.cap + t], qkv + t * C3 + 2 * C + hd * hs, hs)
         if s.nt > 1:
@@ -409,7 +417,7 @@ cdef void _decode(Step* s, int tid) noexcept nogil:
     if m.wte != NULL:  # float32: logits[b, v] = h[b] . wte[v]
         for v in range(j0, j1):
             for c in range(0, C, 16):  # the row 4 ahead, a cache line at a time: 1.25x faster (8 ahead: 1.1x)
-                __builtin_prefetch(m.wte + min(v + 4, j1 - 1) * C + c)
+                sl_prefetch(m.wte + min(v + 4, j1 - 1) * C + c)
             for b in range(B):
                 s.logits[b * m.V + v] = _dot(h + b * C, m.wte + v * C, C)
     else:
