@@ -20,7 +20,7 @@ import numpy as np
 
 from . import kernels as K
 
-__all__ = ["KINDS", "QuantizedEmbedding", "QuantizedLinear", "dequantize", "quantize"]
+__all__ = ["KINDS", "QuantizedEmbedding", "QuantizedLinear", "dequantize", "quantize", "quantize_transposed"]
 
 KINDS = ("int8",)  # what GPT.quantize and --quantize accept
 LINEAR_WEIGHTS = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
@@ -36,15 +36,32 @@ def quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     nblk = -(-cols // BLOCK)
     q = np.empty((rows, cols), np.int8)
     scales = np.empty((rows, nblk), np.float32)
+    chunk = np.zeros((min(ROWS_AT_ONCE, rows), nblk * BLOCK), np.float32)  # padded with zeros
     for r0 in range(0, rows, ROWS_AT_ONCE):
-        chunk = np.zeros((min(ROWS_AT_ONCE, rows - r0), nblk * BLOCK), np.float32)  # padded with zeros
-        chunk[:, :cols] = w[r0 : r0 + ROWS_AT_ONCE]
-        blocks = chunk.reshape(len(chunk), nblk, BLOCK)
-        s = np.abs(blocks).max(axis=2) / np.float32(127)  # (rows, nblk)
+        n = min(ROWS_AT_ONCE, rows - r0)
+        chunk[:n, :cols] = w[r0 : r0 + n]
+        blocks = chunk[:n].reshape(n, nblk, BLOCK)
+        s = scales[r0 : r0 + n]
+        np.abs(blocks).max(axis=2, out=s)
+        s /= np.float32(127)
         inv = np.divide(1, s, out=np.zeros_like(s), where=s > 0)  # an all-zero block: q = 0
-        qs = np.clip(np.rint(blocks * inv[..., None]), -127, 127).astype(np.int8)
-        q[r0 : r0 + len(chunk)] = qs.reshape(len(chunk), -1)[:, :cols]
-        scales[r0 : r0 + len(chunk)] = s
+        blocks *= inv[..., None]  # in place: the chunk is ours (and this loop's one temporary is abs's)
+        np.rint(blocks, out=blocks)
+        np.clip(blocks, -127, 127, out=blocks)  # (w / scale is within +-127 up to rounding)
+        q[r0 : r0 + n] = chunk[:n, :cols]  # float to int8: the values are whole numbers in range
+    return q, scales
+
+
+def quantize_transposed(w: np.ndarray, step: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """quantize(w.T), made from `step` rows of w at a time (a multiple of 32, so the blocks are the
+    same): reading w.T's rows in place would stride through all of w for every few of them, which
+    made GPT-2's wte^T half of the time to quantise the whole model."""
+    rows, cols = w.shape
+    q = np.empty((cols, rows), np.int8)
+    scales = np.empty((cols, -(-rows // BLOCK)), np.float32)
+    for r0 in range(0, rows, step):
+        tq, ts = quantize(np.ascontiguousarray(w[r0 : r0 + step].T))
+        q[:, r0 : r0 + step], scales[:, r0 // BLOCK : r0 // BLOCK + ts.shape[1]] = tq, ts
     return q, scales
 
 

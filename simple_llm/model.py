@@ -266,7 +266,9 @@ class GPT:
 
     quantized: str | None = None  # "int8" for a model that quantize() made
 
-    def __init__(self, config: GPTConfig, seed: int = 0, dtype: DTypeLike = np.float32):
+    def __init__(self, config: GPTConfig, seed: int = 0, dtype: DTypeLike = np.float32, _init: bool = True):
+        """_init=False leaves the weights at zero, for a caller that writes them all (from_pretrained:
+        drawing GPT-2 124M's initial weights takes longer than reading its checkpoint)."""
         if np.dtype(dtype) not in K.FLOAT_DTYPES:
             raise ValueError(f"GPT: dtype must be float32 or float64, not {np.dtype(dtype)}")
         self.config = config
@@ -275,7 +277,8 @@ class GPT:
         self.grads = self.params.like()
         self.int8_weights: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # quantize()'s (q, scales)
         self.rng = np.random.default_rng(seed)  # dropout masks
-        self._init_weights(np.random.default_rng(seed))
+        if _init:
+            self._init_weights(np.random.default_rng(seed))
         self._build_layers()
         self._replicas: list[GPT] = []  # one per shard of a training batch (loss_and_grads)
 
@@ -326,7 +329,7 @@ class GPT:
         cfg, tensors = checkpoint.open_checkpoint(path)
         if quantize is not None:
             return cls._int8(cfg, tensors(np.dtype(np.float32)), quantize)
-        model = cls(cfg, dtype=dtype)  # only now, with every tensor's name, shape and dtype checked
+        model = cls(cfg, dtype=dtype, _init=False)  # only now, with every tensor's name, shape and dtype checked
         for name, tensor in tensors(model.dtype):
             model.params[name] = tensor
         return model
@@ -353,7 +356,7 @@ class GPT:
         model.int8_weights, model._replicas, model.rng = {}, [], np.random.default_rng(0)
         for name, tensor in tensors:
             if name == "wte.weight":  # stored transposed: the output layer's (C, V) product
-                model.int8_weights[name] = int8.quantize(tensor.T)
+                model.int8_weights[name] = int8.quantize_transposed(tensor)
             elif name in quantized:
                 model.int8_weights[name] = int8.quantize(tensor)
             else:

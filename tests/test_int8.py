@@ -45,6 +45,15 @@ def test_each_block_of_32_has_the_scale_of_its_largest_weight_and_rounds_to_half
     np.testing.assert_array_equal(int8.dequantize(q, scales), reference(q, scales).astype(np.float32))
 
 
+def test_quantizing_the_transpose_in_slices_is_quantizing_the_transpose():
+    w = np.random.default_rng(3).normal(size=(2 * 64 + 45, 40)).astype(np.float32)  # rows: not a multiple of 32
+    for step in (32, 64, 1024):
+        q, s = int8.quantize_transposed(w, step)
+        want_q, want_s = int8.quantize(w.T)
+        np.testing.assert_array_equal(q, want_q)
+        np.testing.assert_array_equal(s, want_s)
+
+
 def test_an_all_zero_block_is_zero_and_an_outlier_keeps_its_value():
     w = np.zeros((2, 64), np.float32)
     w[1, 32:] = np.linspace(-0.01, 0.01, 32)
