@@ -7,7 +7,7 @@ _kernels.pyx) must be vectorised in its float32 variant: .ci/check_vectorised.py
 cimport cython
 from cython cimport floating
 from libc.math cimport INFINITY, exp, sqrt, sqrtf
-from libc.stdint cimport INT32_MAX, INT64_MAX, int32_t, int64_t
+from libc.stdint cimport INT32_MAX, int32_t
 from libc.string cimport memcpy
 
 
@@ -80,25 +80,18 @@ cdef inline int32_t _order32(float v) noexcept nogil:
     return b ^ ((b >> 31) & INT32_MAX)
 
 
-cdef inline int64_t _order64(double v) noexcept nogil:
-    cdef int64_t b
-    memcpy(&b, &v, 8)
-    return b ^ ((b >> 63) & INT64_MAX)
-
-
 cdef inline floating _row_max(const floating* x, Py_ssize_t n) noexcept nogil:
-    # The largest of x, over the floats' integer order (_order32): GCC does not vectorise a float
-    # maximum (x > m ? x : m is not associative when a NaN is about, and it keeps the order) but
-    # vectorises an integer one. The same value for numbers; a NaN with the sign bit clear comes out
-    # as the maximum, one with it set as -inf's neighbour, and either way the exp(x - max) after it
-    # is NaN: a NaN in the logits still gives a NaN loss.
+    # The largest of x. float32 compares the floats' integer order (_order32): GCC does not vectorise
+    # a float maximum (x > m ? x : m is not associative when a NaN is about, and it keeps the order)
+    # but vectorises an integer one. The same value for numbers; a NaN with the sign bit clear comes
+    # out as the maximum, one with it set as -inf's neighbour, and either way the exp(x - max) after
+    # it is NaN: a NaN in the logits still gives a NaN loss. float64 keeps the float comparison.
     cdef int32_t acc32[LANES]
-    cdef int64_t acc64[LANES]
+    cdef floating acc[LANES]
     cdef int32_t m32, b32
-    cdef int64_t m64, b64
     cdef Py_ssize_t j, k, blk, whole = n - n % LANES
+    cdef floating m = -INFINITY
     cdef float f32
-    cdef double f64
     if floating is float:
         for k in range(LANES):
             acc32[k] = _order32(-INFINITY)
@@ -116,23 +109,17 @@ cdef inline floating _row_max(const floating* x, Py_ssize_t n) noexcept nogil:
         m32 = m32 ^ ((m32 >> 31) & INT32_MAX)  # back to the float's bits (the map is its own inverse)
         memcpy(&f32, &m32, 4)
         return f32
-    else:
+    for k in range(LANES):
+        acc[k] = -INFINITY
+    for blk in range(whole // LANES):
+        j = blk * LANES
         for k in range(LANES):
-            acc64[k] = _order64(-INFINITY)
-        for blk in range(whole // LANES):
-            j = blk * LANES
-            for k in range(LANES):
-                b64 = _order64(x[j + k])
-                acc64[k] = b64 if b64 > acc64[k] else acc64[k]
-        m64 = _order64(-INFINITY)
-        for k in range(LANES):
-            m64 = acc64[k] if acc64[k] > m64 else m64
-        for j in range(whole, n):
-            b64 = _order64(x[j])
-            m64 = b64 if b64 > m64 else m64
-        m64 = m64 ^ ((m64 >> 63) & INT64_MAX)
-        memcpy(&f64, &m64, 8)
-        return f64
+            acc[k] = x[j + k] if x[j + k] > acc[k] else acc[k]
+    for k in range(LANES):
+        m = acc[k] if acc[k] > m else m
+    for j in range(whole, n):
+        m = x[j] if x[j] > m else m
+    return m
 
 
 cdef inline floating _row_dot(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
