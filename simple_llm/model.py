@@ -15,6 +15,7 @@ import math
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import nullcontext
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -424,10 +425,11 @@ class GPT:
         cache.length += Tq
         return logits[:, 0]
 
-    @property
+    @cached_property
     def decode_threads(self) -> int:
         """Threads that share the compiled decode step's products: two where there are two cores and
-        the weights are large enough that a second thread pays for its start (about 30 us)."""
+        the weights are large enough that a second thread pays for its start (about 30 us). Worked
+        out once: the step asks at every token."""
         weight_bytes = self.params.flat.nbytes + sum(q.nbytes + s.nbytes for q, s in self.int8_weights.values())
         return 2 if weight_bytes >= DECODE_THREADS_FROM and parallel.cores() > 1 else 1
 
