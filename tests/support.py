@@ -43,6 +43,20 @@ def compiled_kernels():
     return kernels.impl
 
 
+def char_model_dir(path: Path, text: str, jitter: float = 0.0, seed: int = 0, **config) -> Path:
+    """A model directory at path: a CharTokenizer of text and a GPT of that vocabulary, config and
+    seed, its weights moved by N(0, jitter) noise (from seed 0) so that its outputs are not near-uniform."""
+    from simple_llm import GPT, CharTokenizer, GPTConfig
+
+    tok = CharTokenizer.train(text)
+    model = GPT(GPTConfig(vocab_size=tok.vocab_size, **config), seed=seed)
+    if jitter:
+        model.params.flat[...] += np.random.default_rng(0).standard_normal(model.n_params).astype(np.float32) * jitter
+    model.save_pretrained(path)
+    tok.save(path)
+    return path
+
+
 def run_cli(*args, input_text=None, env=None, timeout=300, cwd=None):
     """Run ``python -m simple_llm ARGS`` as a user would; returns the CompletedProcess."""
     full_env = {**os.environ, "PYTHONIOENCODING": "utf-8", **(env or {})}

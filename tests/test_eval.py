@@ -8,21 +8,16 @@ import math
 
 import numpy as np
 import pytest
-from support import assert_one_line_error, run_cli
+from support import assert_one_line_error, char_model_dir, run_cli
 
-from simple_llm import GPT, CharTokenizer, GPTConfig
+from simple_llm import GPT
 from simple_llm.evaluate import loss_sum, windows
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    tok = CharTokenizer.train("abcdefgh .\n")
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_ctx=8, n_embd=16, n_head=2, n_layer=1), seed=1)
-    model.params.flat[...] += np.random.default_rng(0).standard_normal(model.n_params).astype(np.float32) * 0.5
-    model.save_pretrained(path)
-    tok.save(path)
-    return path
+    text, config = "abcdefgh .\n", dict(n_ctx=8, n_embd=16, n_head=2, n_layer=1)
+    return char_model_dir(tmp_path_factory.mktemp("model"), text, jitter=0.5, seed=1, **config)
 
 
 @pytest.mark.parametrize("n, block", [(2, 4), (5, 4), (9, 4), (10, 4), (23, 8), (24, 8)])

@@ -11,7 +11,7 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
-from support import assert_one_line_error, run_cli
+from support import assert_one_line_error, char_model_dir, run_cli
 
 from simple_llm import GPT, CharTokenizer, GPTConfig
 from simple_llm.explore import serve
@@ -20,12 +20,8 @@ from simple_llm.explorer_api import Explorer
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    tok = CharTokenizer.train("Hello world! abcdefgh")
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_ctx=24, n_embd=16, n_head=2, n_layer=2), seed=2)
-    model.params.flat[...] += np.random.default_rng(0).standard_normal(model.n_params).astype(np.float32) * 0.4
-    model.save_pretrained(path)
-    tok.save(path)
+    config = dict(n_ctx=24, n_embd=16, n_head=2, n_layer=2)
+    path = char_model_dir(tmp_path_factory.mktemp("model"), "Hello world! abcdefgh", jitter=0.4, seed=2, **config)
     (path / "log.csv").write_text("step,lr,train_loss,val_loss,tokens_per_s\n0,0.001,3.2,3.3,0\n10,0.001,2.5,,100\n")
     return path
 

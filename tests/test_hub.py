@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import run_cli
+from support import char_model_dir, run_cli
 
 from simple_llm import GPT, GPTConfig, load_model
 from simple_llm.hub import HubError, model_directory
-from simple_llm.tokenizers import CharTokenizer
 
 pytest.importorskip("huggingface_hub")
 
@@ -23,12 +22,8 @@ def cached_model(cache: Path, repo: str, seed: int) -> Path:
     folder = cache / f"models--{repo.replace('/', '--')}"
     (folder / "refs").mkdir(parents=True)
     (folder / "refs" / "main").write_text(COMMIT)
-    snapshot = folder / "snapshots" / COMMIT
-    tok = CharTokenizer.train("Hello world! abcdefgh")
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_ctx=16, n_embd=16, n_head=2, n_layer=1 + seed), seed=seed)
-    model.save_pretrained(snapshot)
-    tok.save(snapshot)
-    return snapshot
+    config = dict(n_ctx=16, n_embd=16, n_head=2, n_layer=1 + seed)
+    return char_model_dir(folder / "snapshots" / COMMIT, "Hello world! abcdefgh", seed=seed, **config)
 
 
 @pytest.fixture

@@ -7,20 +7,15 @@ import re
 
 import numpy as np
 import pytest
-from support import assert_one_line_error, run_cli
+from support import assert_one_line_error, char_model_dir, run_cli
 
 from simple_llm import GPT, CharTokenizer, GPTConfig
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    path = tmp_path_factory.mktemp("model")
-    tok = CharTokenizer.train("Hello world!")
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_ctx=16, n_embd=16, n_head=4, n_layer=3), seed=0)
-    model.params.flat[...] += np.random.default_rng(0).standard_normal(model.n_params).astype(np.float32) * 0.3
-    model.save_pretrained(path)
-    tok.save(path)
-    return path
+    config = dict(n_ctx=16, n_embd=16, n_head=4, n_layer=3)
+    return char_model_dir(tmp_path_factory.mktemp("model"), "Hello world!", jitter=0.3, seed=0, **config)
 
 
 @pytest.mark.parametrize(

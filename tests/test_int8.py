@@ -8,10 +8,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from support import compiled_kernels, run_cli
+from support import char_model_dir, compiled_kernels, run_cli
 
 from simple_llm import GPT, GPTConfig, fallback, int8, kernels
-from simple_llm.tokenizers import CharTokenizer
 
 CFG = GPTConfig(vocab_size=77, n_ctx=32, n_embd=48, n_head=3, n_layer=2)  # 48, 77: not multiples of 32
 
@@ -172,13 +171,8 @@ def test_loading_with_quantize_is_quantizing_the_loaded_model(tmp_path):
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("model")
-    tok = CharTokenizer.train("Hello world! abcdefgh")
-    model = GPT(GPTConfig(vocab_size=tok.vocab_size, n_ctx=24, n_embd=32, n_head=2, n_layer=2), seed=2)
-    model.params.flat[...] += np.random.default_rng(0).standard_normal(model.n_params).astype(np.float32) * 0.4
-    model.save_pretrained(path)
-    tok.save(path)
-    return path
+    config = dict(n_ctx=24, n_embd=32, n_head=2, n_layer=2)
+    return char_model_dir(tmp_path_factory.mktemp("model"), "Hello world! abcdefgh", jitter=0.4, seed=2, **config)
 
 
 def test_generate_and_eval_take_quantize(model_dir, tmp_path):

@@ -7,9 +7,9 @@ import subprocess
 import sys
 
 import pytest
-from support import DATA, run_cli
+from support import DATA, char_model_dir, run_cli
 
-from simple_llm import GPT, GPTConfig, load_model
+from simple_llm import GPT, load_model
 from simple_llm.tokenizers import CharTokenizer
 
 pytest.importorskip("torch")
@@ -24,10 +24,9 @@ def eval_loss(model_dir, data) -> float:
 
 def test_a_run_continues_under_torchrun_ddp_and_comes_back(tmp_path):
     text = (DATA / "shakespeare_excerpt.txt").read_text(encoding="utf-8")
-    tok = CharTokenizer.train(text)
     base, out, held_out = tmp_path / "base", tmp_path / "ddp", tmp_path / "held_out.txt"
-    GPT(GPTConfig(vocab_size=tok.vocab_size, n_ctx=64, n_embd=64, n_head=4, n_layer=2), seed=0).save_pretrained(base)
-    tok.save(base)
+    char_model_dir(base, text, n_ctx=64, n_embd=64, n_head=4, n_layer=2)
+    tok = CharTokenizer.train(text)
     held_out.write_text(text[-2000:], encoding="utf-8")  # within the validation 10% that DDP never trains on
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "-m", "simple_llm.torch_ddp",
                "--init-from", str(base), "--data", str(DATA / "shakespeare_excerpt.txt"), "--out", str(out),
