@@ -6,6 +6,7 @@
 
 ``BACKEND`` says which kernels run: "cython" (compiled) or "numpy" (the fallback); ``SIMD``, the
 compiled build's instruction level: "avx2" or "baseline" (None on the fallback).
+``model.add_lora(LoRAConfig(rank, alpha))`` freezes a model and gives it LoRA's adapters to train.
 """
 
 __version__ = "0.1.0"
@@ -13,6 +14,7 @@ __version__ = "0.1.0"
 from .bpe import BPETokenizer, GPT2Tokenizer
 from .config import GPTConfig
 from .kernels import BACKEND, SIMD
+from .lora import LoRAConfig
 from .model import GPT
 from .modeldir import load_model, load_tokenizer
 from .optim import SGD, AdamW, clip_grad_norm, lr_at
@@ -28,6 +30,7 @@ __all__ = [
     "CharTokenizer",
     "GPT2Tokenizer",
     "GPTConfig",
+    "LoRAConfig",
     "Tokenizer",
     "TokenizerError",
     "WordTokenizer",

@@ -27,6 +27,7 @@ COMMANDS = {
     "explore": "explore",
     "inspect": "inspection",
     "plot": "plot",
+    "merge": "merge",
     "bench": "bench",
 }
 DEMO_LANGUAGES = ("en", "ja")

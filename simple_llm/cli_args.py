@@ -61,6 +61,7 @@ def _argument_type(parse: Callable[[str], Any], ok: Callable[[Any], bool], must:
 
 positive_int = _argument_type(int, lambda v: v > 0, "a positive integer")
 nonnegative_int = _argument_type(int, lambda v: v >= 0, "an integer >= 0")
+positive_float = _argument_type(float, lambda v: 0.0 < v < float("inf"), "a number > 0")
 nonnegative_float = _argument_type(float, lambda v: 0.0 <= v < float("inf"), "a number >= 0")
 unit_interval = _argument_type(float, lambda v: 0.0 < v <= 1.0, "a number in (0, 1]")  # top-p
 

@@ -16,12 +16,19 @@ from .config import GPTConfig
 BASELINE = 90 * 2**20  # Python, NumPy, the BLAS and this package, before the first array (measured: 80-85)
 
 
-def training_bytes(cfg: GPTConfig, batch: int, block: int, grad_accum: int, shards: int, dtype=np.float32) -> int:
-    """Peak bytes of a run at batch x block tokens per micro-batch over `shards` threads."""
+def training_bytes(
+    cfg: GPTConfig, batch: int, block: int, grad_accum: int, shards: int, trained: int | None = None, dtype=np.float32
+) -> int:
+    """Peak bytes of a run at batch x block tokens per micro-batch over `shards` threads; `trained`
+    is the number of LoRA adapters' weights in a LoRA run (the model's own weights are then frozen)."""
     P = sum(math.prod(shape) for shape in cfg.shapes().values())
-    # weights, gradients, AdamW's two moments, each other shard's gradients, the accumulated gradient
-    weights = P * (4 + (shards - 1) + (grad_accum > 1))
     B, T, C, NH, L, V = batch, block, cfg.n_embd, cfg.n_head, cfg.n_layer, cfg.vocab_size
+    # what trains: its gradients, AdamW's two moments, each other shard's gradients, the accumulated gradient
+    per_trained = 3 + (shards - 1) + (grad_accum > 1)
+    if trained is None:
+        weights = P * (1 + per_trained)
+    else:  # frozen weights, the adapters, and LoRALinear's temporaries: at most (B*T, 4C) at a time
+        weights = P + trained * (1 + per_trained) + shards * B * T * 4 * C
     att = B * NH * T * T
     dropout = cfg.dropout > 0
     # a block's LayerActivations: ln1, atty, resid2, ln2 (C each), qkv (3C), fch, tanh, gelu (4C each)

@@ -1,10 +1,11 @@
 """GPT-2 with every layer's forward and backward pass written out.
 
-Read it in order, as nanoGPT's model.py: LayerNorm -> Linear -> Embedding -> CausalSelfAttention ->
-MLP -> Block -> LMHead -> GPT. Each layer has a ``forward`` and a ``backward`` (llm.c's pairs); the
-elementwise loops are the kernels of ``simple_llm.kernels`` (compiled or NumPy), the matrix products
-are NumPy's ``matmul`` (BLAS) writing into the buffers of activations.py, which are allocated once
-per batch shape and reused.
+Read it in order, as nanoGPT's model.py: LayerNorm -> Linear -> LoRALinear -> Embedding ->
+CausalSelfAttention -> MLP -> Block -> LMHead -> GPT. Each layer has a ``forward`` and a ``backward``
+(llm.c's pairs); the elementwise loops are the kernels of ``simple_llm.kernels`` (compiled or NumPy),
+the matrix products are NumPy's ``matmul`` (BLAS) writing into the buffers of activations.py, which
+are allocated once per batch shape and reused. A weight that has no gradient buffer in ``grads`` is frozen (a LoRA
+fine-tune's): its layer skips the products that would compute its gradient.
 
 B = batch, T = sequence length, C = n_embd, NH = n_head, hs = C / NH, V = vocab_size, L = n_layer.
 """
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
 from functools import cached_property
 from pathlib import Path
@@ -22,12 +23,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import ArrayLike, DTypeLike
 
-from . import checkpoint, int8, parallel
+from . import checkpoint, hub, int8, lora, parallel
 from . import kernels as K
 from .activations import Activations, BufferPool, DropoutMasks, KVCache, LayerActivations, Scratch, trace_steps
 from .config import GPTConfig
 from .generation import GenerationStep, generate_tokens
 from .inputs import inputs_and_targets, token_ids
+from .lora import LoRAConfig
 from .params import Parameters
 
 __all__ = ["GPT", "GPTConfig"]
@@ -40,7 +42,10 @@ class LayerNorm:
 
     def __init__(self, p: Parameters, g: Parameters, name: str, eps: float):
         self.w, self.b = p[name + ".weight"], p[name + ".bias"]  # (C,)
-        self.dw, self.db = g[name + ".weight"], g[name + ".bias"]  # (C,)
+        # (C,); frozen (no buffer in g): the kernel computes dw and db in the pass that gives dx, into
+        # arrays of the layer's own that nothing reads
+        self.dw = g[name + ".weight"] if name + ".weight" in g else np.zeros_like(self.w)
+        self.db = g[name + ".bias"] if name + ".bias" in g else np.zeros_like(self.b)
         self.eps = eps
 
     def forward(self, out, mean, rstd, x):
@@ -61,7 +66,7 @@ class Linear:
 
     def __init__(self, p: Parameters, g: Parameters, name: str):
         self.w, self.b = p[name + ".weight"], p[name + ".bias"]  # (in, out), (out,)
-        self.dw, self.db = g[name + ".weight"], g[name + ".bias"]
+        self.dw, self.db = g.get(name + ".weight"), g.get(name + ".bias")  # None: frozen
 
     def forward(self, out, x):
         """out (B, T, out) = x (B, T, in) @ w + b, as one (B*T, in) @ (in, out) product: NumPy would
@@ -72,12 +77,50 @@ class Linear:
         y += self.b
 
     def backward(self, dx, dout, x):
-        """Writes dx (B, T, in), dw and db: each weight is used once per pass, so no accumulation."""
+        """Writes dx (B, T, in), dw and db (not for a frozen layer): each weight is used once per pass,
+        so no accumulation."""
         n_in, n_out = self.w.shape
         x2, dout2 = x.reshape(-1, n_in), dout.reshape(-1, n_out)  # (B*T, in), (B*T, out)
         np.matmul(dout2, self.w.T, out=dx.reshape(-1, n_in))  # forward was: out = x @ w, so dx = dout @ w^T
-        np.matmul(x2.T, dout2, out=self.dw)  # dw = x^T @ dout
-        np.sum(dout2, axis=0, out=self.db)  # the bias was added to every row
+        if self.dw is not None:
+            np.matmul(x2.T, dout2, out=self.dw)  # dw = x^T @ dout
+            np.sum(dout2, axis=0, out=self.db)  # the bias was added to every row
+
+
+class LoRALinear(Linear):
+    """y = x @ W + b + (alpha / R) * (x @ A) @ B: a frozen Linear beside LoRA's two trained adapters,
+    A (in, R) and B (R, out). B starts at zero, so a LoRA run starts from the frozen model exactly;
+    (alpha / R) @ A @ B is the change to W that training learns, of rank R at most (lora.py)."""
+
+    def __init__(self, p: Parameters, g: Parameters, name: str, adapters: Parameters, scale: float):
+        super().__init__(p, g, name)  # W, b: frozen, as g holds only the adapters' gradients
+        self.A, self.B = adapters[name + ".lora_A"], adapters[name + ".lora_B"]  # (in, R), (R, out)
+        self.dA, self.dB = g[name + ".lora_A"], g[name + ".lora_B"]
+        self.scale = scale  # alpha / R
+
+    def forward(self, out, x):
+        """out (B, T, out) = x @ W + b + scale * (x @ A) @ B."""
+        super().forward(out, x)
+        n_in, n_out = self.w.shape
+        xa = x.reshape(-1, n_in) @ self.A  # (B*T, R): R is small, so this and the next are cheap
+        xa *= self.scale
+        y = out.reshape(-1, n_out)  # a view: out is contiguous
+        y += xa @ self.B
+
+    def backward(self, dx, dout, x):
+        """Writes dx (B, T, in), dA and dB."""
+        super().backward(dx, dout, x)  # dx = dout @ W^T; W and b are frozen
+        n_in, n_out = self.w.shape
+        x2, dout2 = x.reshape(-1, n_in), dout.reshape(-1, n_out)  # (B*T, in), (B*T, out)
+        # forward was: out += (s * x @ A) @ B with s = scale, so with xa = s * x @ A (B*T, R):
+        xa = x2 @ self.A  # recomputed (B*T x in x R: less than a thousandth of the layer's products)
+        xa *= self.scale
+        np.matmul(xa.T, dout2, out=self.dB)  # dB = xa^T @ dout
+        dxa = dout2 @ self.B.T  # d xa = dout @ B^T (B*T, R)
+        dxa *= self.scale  # and xa = s * (x @ A): d (x @ A) = s * d xa
+        np.matmul(x2.T, dxa, out=self.dA)  # dA = x^T @ d (x @ A)
+        dx2 = dx.reshape(-1, n_in)
+        dx2 += dxa @ self.A.T  # dx += d (x @ A) @ A^T
 
 
 def dropout_mask(mask, p, rng):
@@ -93,7 +136,7 @@ class Embedding:
 
     def __init__(self, p: Parameters, g: Parameters):
         self.wte, self.wpe = p["wte.weight"], p["wpe.weight"]  # (V, C), (n_ctx, C)
-        self.dwte, self.dwpe = g["wte.weight"], g["wpe.weight"]
+        self.dwte, self.dwpe = g.get("wte.weight"), g.get("wpe.weight")  # None: frozen
 
     def forward(self, out, idx, pos: int = 0):
         """out (B, T, C) from token ids idx (B, T) at positions pos .. pos + T - 1."""
@@ -101,7 +144,8 @@ class Embedding:
 
     def backward(self, dout, idx):
         """Scatter-adds dout (B, T, C) into the rows of dwte that idx used, and into dwpe."""
-        K.encoder_backward(self.dwte, self.dwpe, dout, idx)
+        if self.dwte is not None and self.dwpe is not None:  # else frozen
+            K.encoder_backward(self.dwte, self.dwpe, dout, idx)
 
 
 class CausalSelfAttention:
@@ -224,7 +268,7 @@ class LMHead:
 
     def __init__(self, p: Parameters, g: Parameters, eps: float):
         self.ln_f = LayerNorm(p, g, "ln_f", eps)
-        self.wte, self.dwte = p["wte.weight"], g["wte.weight"]  # (V, C)
+        self.wte, self.dwte = p["wte.weight"], g.get("wte.weight")  # (V, C); dwte None: frozen
 
     def forward(self, out, a: Activations, x, last_only: bool = False):
         """out (B, T, V), or (B, 1, V) for the last position only, from the residual stream x."""
@@ -239,7 +283,8 @@ class LMHead:
         C = self.wte.shape[1]
         # forward was: logits = lnf @ wte^T, so dlnf = dlogits @ wte and dwte = dlogits^T @ lnf
         np.matmul(dlogits, self.wte, out=s.dln.reshape(-1, C))
-        np.matmul(dlogits.T, a.lnf.reshape(-1, C), out=self.dwte)
+        if self.dwte is not None:
+            np.matmul(dlogits.T, a.lnf.reshape(-1, C), out=self.dwte)
         self.ln_f.backward(dx, s.dln, x, a.lnf_mean, a.lnf_rstd)
 
 
@@ -263,9 +308,13 @@ class GPT:
     under the same names. ``forward``, ``loss``, ``generate`` and ``stream`` may run in several
     threads at once: each call borrows its own buffers, and each generation has its own cache.
     ``quantize("int8")`` makes an int8 copy for inference (``quantized`` names its kind).
+    ``add_lora`` freezes the weights and adds LoRA's adapters, which are then all that trains:
+    ``trainable`` is what an optimizer updates (``params``, or ``adapters``), and ``grads`` matches it.
     """
 
     quantized: str | None = None  # "int8" for a model that quantize() made
+    lora: LoRAConfig | None = None  # set by add_lora
+    adapters: Parameters | None = None  # a LoRA model's A and B of every targeted layer
 
     def __init__(self, config: GPTConfig, seed: int = 0, dtype: DTypeLike = np.float32, _init: bool = True):
         """_init=False leaves the weights at zero, for a caller that writes them all (from_pretrained:
@@ -287,6 +336,7 @@ class GPT:
         """The layers, bound to views of params (their weights) and grads (their gradients); an int8
         model's linear layers, embedding and output layer hold int8_weights instead."""
         p, g, cfg = self.params, self.grads, self.config
+        linear: Callable[[Parameters, Parameters, str], Any] = Linear
         if self.quantized:
             w = self.int8_weights
             linear = lambda p, g, name: int8.QuantizedLinear(w[name + ".weight"], p[name + ".bias"])  # noqa: E731
@@ -296,8 +346,13 @@ class GPT:
             self.h = [Block(p, g, i, cfg, linear) for i in range(cfg.n_layer)]
             self.head: LMHead = QuantizedLMHead(p, g, cfg.layer_norm_epsilon, w["wte.weight"])
         else:
+            if self.lora and self.adapters is not None:  # g holds the adapters' gradients only: the rest is frozen
+                adapters, scale, targets = self.adapters, self.lora.scale, set(self.lora.layers(cfg.n_layer))
+                linear = lambda p, g, name: (  # noqa: E731
+                    LoRALinear(p, g, name, adapters, scale) if name in targets else Linear(p, g, name)
+                )
             self.embedding = Embedding(p, g)
-            self.h = [Block(p, g, i, cfg) for i in range(cfg.n_layer)]
+            self.h = [Block(p, g, i, cfg, linear) for i in range(cfg.n_layer)]
             self.head = LMHead(p, g, cfg.layer_norm_epsilon)
         self.buffers = BufferPool()
         self._decoder: Any = False  # the compiled decode step, made on first use (None: there is none)
@@ -317,7 +372,50 @@ class GPT:
 
     @property
     def n_params(self) -> int:
-        return self.params.flat.size + sum(q.size for q, _ in self.int8_weights.values())
+        """Every weight, adapters included."""
+        adapters = 0 if self.adapters is None else self.adapters.flat.size
+        return self.params.flat.size + adapters + sum(q.size for q, _ in self.int8_weights.values())
+
+    @property
+    def trainable(self) -> Parameters:
+        """What training updates: every weight, or a LoRA model's adapters alone."""
+        return self.params if self.adapters is None else self.adapters
+
+    def add_lora(self, config: LoRAConfig, seed: int = 0) -> GPT:
+        """Freeze every weight and add LoRA's adapters to the layers that config targets (in place;
+        returns the model). A is drawn as PEFT draws it, uniform in +-1/sqrt(in) (torch's default for
+        a Linear), and B is zero: the model computes what it computed before, until it trains."""
+        self._not_quantized("add_lora")
+        if self.lora:
+            raise ValueError("add_lora: this model has LoRA adapters already; merge_lora() first")
+        shapes = config.shapes(self.config)  # a ValueError for a target the model does not have
+        self.adapters = Parameters(shapes, self.dtype)
+        rng = np.random.default_rng(seed)
+        for name, a in self.adapters.items():
+            if name.endswith(".lora_A"):  # drawn in float64, as _init_weights draws
+                bound = 1.0 / math.sqrt(a.shape[0])
+                a[...] = rng.uniform(-bound, bound, size=a.shape)
+        self.lora, self.grads = config, self.adapters.like()
+        return self._rebuilt()
+
+    def merge_lora(self) -> GPT:
+        """Fold the adapters into the weights, W += (alpha / R) * A @ B, and drop them (in place;
+        returns the model, now a plain one with every weight trainable)."""
+        if self.lora is None or self.adapters is None:
+            raise ValueError("merge_lora: this model has no LoRA adapters")
+        for layer in self.lora.layers(self.config.n_layer):
+            A, B = self.adapters[layer + ".lora_A"], self.adapters[layer + ".lora_B"]
+            self.params[layer + ".weight"] += self.lora.scale * (A @ B)
+        self.lora = self.adapters = None
+        self.grads = self.params.like()
+        return self._rebuilt()
+
+    def _rebuilt(self) -> GPT:
+        """After the weights changed kind: layers, replicas and the decode step made anew."""
+        self._build_layers()
+        self._replicas = []
+        self.__dict__.pop("decode_threads", None)
+        return self
 
     @classmethod
     def from_pretrained(
@@ -326,7 +424,10 @@ class GPT:
         """Load a Hugging Face GPT-2 checkpoint directory (config.json + model.safetensors).
 
         quantize="int8" returns what ``from_pretrained(path).quantize("int8")`` would, quantising
-        each tensor as it is read: the float32 model is never whole in memory."""
+        each tensor as it is read: the float32 model is never whole in memory. A directory of LoRA
+        adapters (lora.py) gives its base model with the adapters added (the weights frozen)."""
+        if lora.is_adapter_directory(path):
+            return cls._with_adapters(Path(path), dtype, quantize)
         cfg, tensors = checkpoint.open_checkpoint(path)
         if quantize is not None:
             return cls._int8(cfg, tensors(np.dtype(np.float32)), quantize)
@@ -334,6 +435,21 @@ class GPT:
         for name, tensor in tensors(model.dtype):
             model.params[name] = tensor
         return model
+
+    @classmethod
+    def _with_adapters(cls, path: Path, dtype: DTypeLike, quantize: str | None) -> GPT:
+        config = lora.read_config(path)
+        base = hub.model_directory(config.base)
+        if lora.is_adapter_directory(base):
+            raise checkpoint.CheckpointError(
+                f"{path}: its base model {config.base} holds LoRA adapters itself; merge them into a model first"
+            )
+        model = cls.from_pretrained(base, dtype)
+        adapters = lora.read_adapters(path, config, model.config)
+        model.add_lora(config)
+        for name, a in adapters.items():
+            model.adapters[name] = a  # type: ignore[index]
+        return model if quantize is None else model.merge_lora().quantize(quantize)
 
     def quantize(self, kind: str = "int8") -> GPT:
         """A new model for inference (forward, loss, generate, stream, trace, walk) whose linear
@@ -366,8 +482,11 @@ class GPT:
         return model
 
     def save_pretrained(self, path: str | os.PathLike, eos_token_id: int | None = None) -> Path:
-        """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads."""
+        """Write config.json + model.safetensors that transformers' GPT2LMHeadModel loads; for a LoRA
+        model, adapter_config.json + adapter_model.safetensors that PEFT loads onto its base."""
         self._not_quantized("save_pretrained")
+        if self.lora is not None and self.adapters is not None:
+            return lora.save(path, self.lora, self.adapters)
         return checkpoint.save(self.config, self.params, path, eos_token_id)
 
     # forward ---------------------------------------------------------------------------------
@@ -435,9 +554,10 @@ class GPT:
 
     def _decode_step(self) -> Any:
         """The compiled decode step over this model's own weights (kernels.decoder), or None: a
-        float64 model, or the NumPy backend, runs its layers."""
+        float64 model, a LoRA model (merge_lora makes it one step) or the NumPy backend runs its layers."""
         if self._decoder is False:
-            self._decoder = None if self.dtype != np.float32 else K.decoder(*self._decoder_weights())
+            plain = self.dtype == np.float32 and self.lora is None
+            self._decoder = K.decoder(*self._decoder_weights()) if plain else None
         return self._decoder
 
     def _decoder_weights(self) -> tuple:
@@ -455,13 +575,13 @@ class GPT:
     # forward + backward ----------------------------------------------------------------------
 
     def loss_and_grads(self, idx: ArrayLike, targets: ArrayLike) -> tuple[float, Parameters]:
-        """Mean cross-entropy and its gradient for every parameter (training: dropout is on).
+        """Mean cross-entropy and its gradient for every trainable parameter (training: dropout is on).
 
         idx, targets (B, T); a target of -1 is not scored. The gradients have the names, shapes and
-        dtype of ``params``; they are the model's own buffers (views into ``grads.flat``), which the
-        next call overwrites: copy them if you need to keep them. The batch runs in shards, one per
-        core, on threads (parallel.py); the result is the same as in one piece up to the order of
-        float sums. Not thread-safe: one training loop per model.
+        dtype of ``trainable`` (``params``, or a LoRA model's ``adapters``); they are the model's own
+        buffers (views into ``grads.flat``), which the next call overwrites: copy them to keep them.
+        The batch runs in shards, one per core, on threads (parallel.py); the result is the same as in
+        one piece up to the order of float sums. Not thread-safe: one training loop per model.
         """
         self._not_quantized("loss_and_grads")
         x, y, n = inputs_and_targets(idx, targets, self.config.vocab_size, self.config.n_ctx)
@@ -492,7 +612,8 @@ class GPT:
             return self
         replica = object.__new__(GPT)
         replica.config, replica.dtype, replica.params, replica.rng = self.config, self.dtype, self.params, self.rng
-        replica.grads = self.params.like()
+        replica.lora, replica.adapters = self.lora, self.adapters
+        replica.grads = self.grads.like()
         replica._build_layers()
         return replica
 

@@ -15,10 +15,16 @@ from . import kernels as K
 from .params import Parameters
 
 
+def _split(p: Parameters, flat: np.ndarray) -> list[tuple[np.ndarray, bool]]:
+    """flat (laid out as p.flat) cut into its 2-D part (decayed) and its 1-D part, leaving out an
+    empty one (LoRA's adapters are all 2-D)."""
+    return [(part, decay) for part, decay in ((flat[: p.n_decay], True), (flat[p.n_decay :], False)) if part.size]
+
+
 def _segments(params: Mapping[str, np.ndarray]) -> list[tuple[np.ndarray, bool]]:
     """Flat views to update and whether weight decay applies to each (2-D tensors only)."""
     if isinstance(params, Parameters):
-        return [(params.flat[: params.n_decay], True), (params.flat[params.n_decay :], False)]
+        return _split(params, params.flat)
     for name, p in params.items():
         if not isinstance(p, np.ndarray) or not p.flags.c_contiguous or not p.flags.writeable:
             raise ValueError(f"parameter {name!r} must be a writable C-contiguous numpy array")
@@ -45,7 +51,7 @@ class _Optimizer:
                 if self._scratch is None:
                     self._scratch = np.empty_like(p.flat)
                 flat = p.gather(grads, self._scratch)
-            return [flat[: p.n_decay], flat[p.n_decay :]]
+            return [part for part, _ in _split(p, flat)]
         return [np.ascontiguousarray(grads[n], dtype=p[n].dtype).reshape(-1) for n in p]
 
 

@@ -30,7 +30,7 @@ STATE_FORMAT = "simple_llm train_state 1"
 SETTINGS = (
     "data", "batch_size", "grad_accum", "max_steps", "lr", "min_lr", "warmup_steps", "lr_decay_steps",
     "beta1", "beta2", "weight_decay", "grad_clip", "dropout", "eval_interval", "eval_steps", "log_interval",
-    "seed", "sample_every", "sample_prompt",
+    "seed", "sample_every", "sample_prompt", "lora_rank", "lora_alpha", "lora_targets",
 )  # fmt: skip
 
 
@@ -112,7 +112,7 @@ def save_state(
     directory: Path, model: GPT, opt: AdamW, rng: np.random.Generator, run: Run, block_size: int, settings: dict
 ) -> None:
     """train_state: everything needed to continue exactly, in one safetensors file."""
-    tensors = {"params": model.params.flat}
+    tensors = {"params": model.trainable.flat}  # a LoRA run's adapters: its base is saved elsewhere
     for i, (m, v) in enumerate(zip(opt.m, opt.v)):
         tensors[f"adam_m.{i}"], tensors[f"adam_v.{i}"] = m, v
     meta = {
@@ -135,7 +135,7 @@ def load_state(directory: Path, model: GPT, opt: AdamW, rng: np.random.Generator
     meta = read_state_meta(path, model.config.n_ctx)
     try:
         with safe_open(str(path), framework="numpy") as f:
-            for name, target in [("params", model.params.flat), *_moments(opt)]:
+            for name, target in [("params", model.trainable.flat), *_moments(opt)]:
                 tensor = f.get_tensor(name)
                 if tensor.shape != target.shape:  # assigning would broadcast a smaller one
                     raise CLIError(f"--resume: {path} does not match the model in {directory / CONFIG_FILE} ({name})")

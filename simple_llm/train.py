@@ -7,7 +7,9 @@ with warmup, cosine decay and gradient clipping (nanoGPT's loop).
 
 ``--out DIR`` receives, each write atomic: config.json + model.safetensors (Hugging Face's GPT-2
 format), tokenizer.json, ``train_state`` (weights, AdamW moments, step and random states: everything
-``--resume`` needs, in one file written before the others), log.csv and loss.png.
+``--resume`` needs, in one file written before the others), log.csv and loss.png. With --lora-rank,
+the model is frozen and only LoRA's adapters train: --out holds adapter_config.json +
+adapter_model.safetensors (PEFT's format) in place of the whole model.
 """
 
 from __future__ import annotations
@@ -18,14 +20,22 @@ from pathlib import Path
 
 import numpy as np
 
-from . import parallel
-from .checkpoint import read_config
-from .cli_args import CLIError, Parser, command_parser, nonnegative_float, nonnegative_int, positive_int
+from . import lora, parallel
+from .cli_args import (
+    CLIError,
+    Parser,
+    command_parser,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 from .config import GPTConfig
 from .fileio import read_text_file
+from .lora import LoRAConfig
 from .memory import available_bytes, gigabytes, training_bytes
 from .model import GPT
-from .modeldir import load_model, load_tokenizer, model_directory
+from .modeldir import load_model, load_tokenizer, model_directory, read_model_config
 from .run_files import STATE_FILE, read_state_meta
 from .tokenizers import CharTokenizer, Tokenizer, WordTokenizer
 from .trainer import Trainer
@@ -109,6 +119,21 @@ def parser(name: str) -> Parser:
         "refused (--max-steps and --lr-decay-steps extend it)",
     )
     g.add_argument("--no-progress", action="store_true", help="no progress bar (logs only)")
+    g = p.add_argument_group("LoRA (with --init-from: the model stays frozen; small adapters train beside it)")
+    g.add_argument(
+        "--lora-rank",
+        type=positive_int,
+        metavar="R",
+        help="train adapters A (in, R) and B (R, out) beside each targeted layer's weight W, which stays frozen: "
+        "the layer computes x @ W + b + (alpha / R) * (x @ A) @ B",
+    )
+    g.add_argument("--lora-alpha", type=positive_float, metavar="A", help="the adapters' scale alpha (default: R)")
+    g.add_argument(
+        "--lora-targets",
+        metavar="NAMES",
+        help="comma-separated layers to adapt: c_attn, c_proj, c_fc, or longer names such as mlp.c_proj "
+        f"(default {','.join(lora.DEFAULT_TARGETS)})",
+    )
     g.add_argument("--quantize", help=argparse.SUPPRESS)  # refused in one line: training needs float32 weights
     p.set_defaults(run=run)
     return p
@@ -128,7 +153,7 @@ def take_saved_settings(args: argparse.Namespace, out: Path) -> None:
     extend the run, and the sampling ones, which only print."""
     if not (out / STATE_FILE).is_file():
         raise CLIError(f"--resume: {out} holds no training state ({STATE_FILE}) to resume")
-    settings = read_state_meta(out / STATE_FILE, read_config(out).n_ctx).settings
+    settings = read_state_meta(out / STATE_FILE, read_model_config(out).n_ctx).settings
     given = given_flags(args.argv) if hasattr(args, "argv") else set(vars(args))
     for flag, value in settings.items():
         if flag not in given:
@@ -144,6 +169,11 @@ def take_saved_settings(args: argparse.Namespace, out: Path) -> None:
 def check_flags(args: argparse.Namespace) -> None:
     if not args.data:
         raise CLIError("the following arguments are required: --data")
+    if args.lora_rank is None:
+        if given := [f for f in ("lora_alpha", "lora_targets") if getattr(args, f) is not None]:
+            raise CLIError(f"--{given[0].replace('_', '-')} needs --lora-rank")
+    elif not (args.init_from or args.resume):
+        raise CLIError("--lora-rank adapts a trained model, which stays frozen: give it with --init-from DIR|NAME")
     given = [f for f in MODEL_FLAGS if getattr(args, f) is not None]
     if args.init_from and given:
         raise CLIError(
@@ -195,7 +225,7 @@ def prepare(args: argparse.Namespace, out: Path, text: str) -> tuple[GPT, Tokeni
     """A fresh model and tokenizer, the ones of --init-from, or the ones in --out for --resume; sets
     args.block_size where it was left to the model."""
     if args.resume:
-        cfg = read_config(out)
+        cfg = read_model_config(out)
         tok = load_tokenizer(out)
         block = read_state_meta(out / STATE_FILE, cfg.n_ctx).block_size
         saved: dict[str, object] = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=block)
@@ -208,18 +238,25 @@ def prepare(args: argparse.Namespace, out: Path, text: str) -> tuple[GPT, Tokeni
             setattr(args, flag, value)
         cfg.dropout = args.dropout
         check_memory(args, cfg)
+        if lora.is_adapter_directory(out):  # the base model, frozen, and the adapters; train_state has the rest
+            model = GPT.from_pretrained(out)
+            model.config.dropout = args.dropout
+            return model, tok
         return GPT(cfg, seed=args.seed), tok
     if (out / STATE_FILE).exists():
         raise CLIError(f"{out} already holds a training run; add --resume to continue it, or choose another --out")
     if args.init_from:
-        cfg = read_config(args.init_from)
+        cfg = read_model_config(args.init_from)
         args.block_size = args.block_size or min(cfg.n_ctx, 256)
         if args.block_size > cfg.n_ctx:
             raise CLIError(f"--block-size {args.block_size} is above the context of {args.init_from} ({cfg.n_ctx})")
-        check_memory(args, cfg)
-        model, tok = load_model(args.init_from)
+        adapters = lora_config(args, cfg)
+        check_memory(args, cfg, adapters)
+        model, tok = load_model(args.init_from)  # adapters in it are merged: a model like any other
         model.config.dropout = args.dropout
         model.rng = np.random.default_rng(args.seed)
+        if adapters is not None:
+            model.add_lora(adapters, seed=args.seed)
         return model, tok
     tok = build_tokenizer(args.tokenizer, text, args.vocab_size)
     cfg = GPTConfig(
@@ -234,10 +271,34 @@ def prepare(args: argparse.Namespace, out: Path, text: str) -> tuple[GPT, Tokeni
     return GPT(cfg, seed=args.seed), tok
 
 
-def check_memory(args: argparse.Namespace, cfg: GPTConfig) -> None:
+def lora_config(args: argparse.Namespace, cfg: GPTConfig) -> LoRAConfig | None:
+    """--lora-*'s adapters for the model of --init-from (None without --lora-rank), checked against cfg.
+    The base is named as PEFT will look for it: a model's name, or the directory's absolute path."""
+    if args.lora_rank is None:
+        return None
+    if lora.is_adapter_directory(args.init_from):
+        raise CLIError(
+            f"--lora-rank: {args.base_model} holds LoRA adapters; merge them into a model first "
+            f"(python -m simple_llm merge --model {args.base_model} --out DIR) and start from DIR"
+        )
+    args.lora_targets = args.lora_targets or ",".join(lora.DEFAULT_TARGETS)
+    args.lora_alpha = args.lora_alpha or args.lora_rank
+    targets = tuple(t.strip() for t in args.lora_targets.split(","))
+    try:
+        config = LoRAConfig(args.lora_rank, args.lora_alpha, targets, args.base_model)
+        config.shapes(cfg)
+    except ValueError as exc:
+        raise CLIError(f"--lora-targets: {exc}") from None
+    return config
+
+
+def check_memory(args: argparse.Namespace, cfg: GPTConfig, adapters: LoRAConfig | None = None) -> None:
     """Sets args.memory to the run's estimated peak; refuses a run that cannot fit in this machine."""
+    if adapters is None and args.lora_rank:  # --resume of a LoRA run
+        adapters = LoRAConfig(args.lora_rank, args.lora_alpha, tuple(args.lora_targets.split(",")))
+    trained = None if adapters is None else sum(a * b for a, b in adapters.shapes(cfg).values())
     args.memory = training_bytes(
-        cfg, args.batch_size, args.block_size, args.grad_accum, len(parallel.shards(args.batch_size))
+        cfg, args.batch_size, args.block_size, args.grad_accum, len(parallel.shards(args.batch_size)), trained
     )
     free = available_bytes()
     if free is not None and args.memory > free:
@@ -263,6 +324,8 @@ def run(args: argparse.Namespace) -> int:
     if args.init_from and args.resume:
         raise CLIError("--init-from starts a new run and --resume continues one: give only one")
     if args.init_from:
+        given = Path(args.init_from)
+        args.base_model = str(given.resolve()) if given.exists() else args.init_from  # LoRA's base, as PEFT finds it
         args.init_from = str(model_directory(args.init_from))
     if args.resume:
         take_saved_settings(args, out)
@@ -277,8 +340,14 @@ def run(args: argparse.Namespace) -> int:
                 f"--resume: {out} is already at step {trainer.run.step}; give a --max-steps above it to train on"
             )
         print(f"resuming from step {trainer.run.step} of {args.max_steps}", flush=True)
+    trained = ""
+    if model.lora:
+        trained = (
+            f" ({model.trainable.flat.size:,} of them trained: LoRA adapters of rank {model.lora.rank}, "
+            f"alpha {model.lora.alpha:g}, on {', '.join(model.lora.targets)})"
+        )
     print(
-        f"{model.n_params:,} parameters{' from ' + args.init_from if args.init_from else ''}; "
+        f"{model.n_params:,} parameters{' from ' + args.init_from if args.init_from else ''}{trained}; "
         f"{tok.kind} tokenizer of {tok.vocab_size} tokens; "
         f"{len(train):,} training and {len(val):,} validation tokens; about {gigabytes(args.memory)} of memory",
         flush=True,

@@ -97,8 +97,8 @@ class Trainer:
         # windows as one batch of that size
         self.train_batches = Batches(train, args.batch_size * args.grad_accum, args.block_size)
         self.val_batches = Batches(val, args.batch_size, args.block_size)
-        self.opt = AdamW(
-            model.params, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8, weight_decay=args.weight_decay
+        self.opt = AdamW(  # over the adapters alone for a LoRA run: frozen weights get no moments
+            model.trainable, lr=args.lr, betas=(args.beta1, args.beta2), eps=1e-8, weight_decay=args.weight_decay
         )
         self.rng = np.random.default_rng(args.seed)  # the training batches
         self.run = load_state(self.out, model, self.opt, self.rng) if args.resume else Run()
@@ -107,7 +107,7 @@ class Trainer:
         self.saved_step = self.run.step if args.resume else None  # the checkpoint on disk
         self.flag = StopFlag()
         self.tokens_per_s = 0.0
-        self.accumulated = model.params.like() if args.grad_accum > 1 else None
+        self.accumulated = model.trainable.like() if args.grad_accum > 1 else None
 
     def next_batch(self) -> tuple[np.ndarray, np.ndarray]:
         return self.train_batches.sample(self.rng)
@@ -145,7 +145,7 @@ class Trainer:
             clip_grad_norm(grads, a.grad_clip)
         self.opt.step(grads)
         run.step += 1
-        if not all_finite(self.model.params.flat):
+        if not all_finite(self.model.trainable.flat):  # frozen weights do not change
             raise Diverged(f"the weights are not finite after step {run.step}")
         return loss
 
