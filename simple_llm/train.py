@@ -160,8 +160,9 @@ def take_saved_settings(args: argparse.Namespace, out: Path) -> None:
             setattr(args, flag, value)
         elif getattr(args, flag) != value and flag not in CHANGEABLE_ON_RESUME:
             option = "--" + flag.replace("_", "-")
+            was = f"without {option}" if value is None else f"with {option} {value}"
             raise CLIError(
-                f"--resume: {out} was trained with {option} {value}, not {getattr(args, flag)}; "
+                f"--resume: {out} was trained {was}, not {getattr(args, flag)}; "
                 f"drop {option} to continue as it was (--max-steps and --lr-decay-steps extend a run)"
             )
 
@@ -242,6 +243,8 @@ def prepare(args: argparse.Namespace, out: Path, text: str) -> tuple[GPT, Tokeni
             model = GPT.from_pretrained(out)
             model.config.dropout = args.dropout
             return model, tok
+        if args.lora_rank:
+            raise CLIError(f"--resume: {out} is a full fine-tune, not a LoRA run: drop --lora-rank")
         return GPT(cfg, seed=args.seed), tok
     if (out / STATE_FILE).exists():
         raise CLIError(f"{out} already holds a training run; add --resume to continue it, or choose another --out")

@@ -68,6 +68,25 @@ def test_train_init_from_a_name(hub, tmp_path):
     assert GPT.from_pretrained(tmp_path / "run").config.n_layer == 1
 
 
+def test_lora_adapters_name_their_base_by_name(hub, tmp_path):
+    """--init-from NAME --lora-rank: adapter_config.json names the base as PEFT looks for it (the
+    name, not the cache's path), and the adapters load onto it from the cache."""
+    import json
+
+    data = tmp_path / "text.txt"
+    data.write_text("Hello world! abcdefgh " * 40)
+    proc = run_cli("train", "--data", data, "--out", tmp_path / "run", "--init-from", "someone/tiny-gpt2",
+                   "--lora-rank", "2", "--max-steps", "2", "--block-size", "8", "--eval-interval", "1",
+                   "--no-progress", env=hub)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    config = json.loads((tmp_path / "run" / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == "someone/tiny-gpt2"
+    model = GPT.from_pretrained(tmp_path / "run")
+    assert model.config.n_layer == 2 and model.lora.rank == 2
+    proc = run_cli("generate", "--model", tmp_path / "run", "--prompt", "Hello", "--max-new-tokens", "5", env=hub)
+    assert proc.returncode == 0 and proc.stdout.startswith("Hello"), proc.stderr
+
+
 @pytest.mark.parametrize(
     "name, fragment",
     [

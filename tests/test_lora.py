@@ -321,6 +321,11 @@ def test_bad_lora_input_is_one_line(tmp_path, base, text_file):
     assert_one_line_error(run_cli(*run, "--lora-rank", "2"), "--init-from")
     assert_one_line_error(run_cli(*run, "--init-from", base, "--lora-alpha", "2"), "--lora-alpha needs --lora-rank")
     assert not (tmp_path / "run").exists()
+    # a full fine-tune does not become a LoRA run on --resume
+    full = ["train", "--data", text_file, "--out", tmp_path / "full", "--block-size", "16", "--no-progress"]
+    assert run_cli(*full, "--init-from", base, "--max-steps", "2", "--eval-interval", "2").returncode == 0
+    proc = run_cli(*full, "--max-steps", "4", "--resume", "--lora-rank", "2")
+    assert_one_line_error(proc, "was trained without --lora-rank, not 2")
     # merge: a directory without adapters, or onto itself
     assert_one_line_error(run_cli("merge", "--model", base, "--out", tmp_path / "m"), "holds no LoRA adapters")
     adapters = (
