@@ -398,11 +398,11 @@ def test_an_overlap_is_refused_after_the_same_buffers_passed_apart(backend):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n", [1, 7, 8, 9, 33])
+@pytest.mark.parametrize("n", [1, 7, 8, 9, 15, 16, 17, 33])
 def test_the_row_maximum_orders_negatives_infinities_and_nans_as_floats_do(backend, dtype, n):
     """softmax and the cross-entropy subtract each row's maximum (compiled: over the floats' integer
     order). All-negative rows whose spread would overflow exp from any other maximum, -0.0 beside
-    0.0, -inf, +inf and NaNs of either sign, at lengths around the 8 lanes."""
+    0.0, -inf, +inf and NaNs of either sign, at lengths around the 16 lanes."""
     rng = np.random.default_rng(n)
     rows = -rng.uniform(1, 150, (6, n))  # all negative: exp(x - m) overflows unless m is the largest
     rows[1, :] = -0.0
