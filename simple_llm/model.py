@@ -35,6 +35,20 @@ from .params import Parameters
 __all__ = ["GPT", "GPTConfig"]
 
 DECODE_THREADS_FROM = 4 << 20  # bytes of weights from which a decode step runs on two threads
+# training FLOPs per block that a shard of a batch needs for its thread to pay: below that, the
+# shards' Python, taking turns on the GIL, costs more than the second core gives (measured on 2
+# cores: seed-tiny trains 2x faster in one shard, shakespeare-cpu 1.25x faster in two; break-even
+# between 170 and 250 MFLOP a block)
+SHARD_FLOPS = 250e6
+
+
+def shard_count(cfg: GPTConfig, B: int, T: int) -> int:
+    """How many shards (threads) a training batch of B x T tokens runs in: one per core, but no more
+    than its work pays for (SHARD_FLOPS a block each), nor than its B rows."""
+    C, L = cfg.n_embd, cfg.n_layer
+    n_params = sum(math.prod(shape) for shape in cfg.shapes().values())
+    flops = B * T * (6 * n_params + 12 * L * C * T)  # nanoGPT's estimate of a training step
+    return max(1, min(parallel.cores(), B, int(flops / (L * SHARD_FLOPS))))
 
 
 class LayerNorm:
@@ -90,7 +104,8 @@ class Linear:
 class LoRALinear(Linear):
     """y = x @ W + b + (alpha / R) * (x @ A) @ B: a frozen Linear beside LoRA's two trained adapters,
     A (in, R) and B (R, out). B starts at zero, so a LoRA run starts from the frozen model exactly;
-    (alpha / R) @ A @ B is the change to W that training learns, of rank R at most (lora.py)."""
+    (alpha / R) * A @ B is the change to W that training learns, of rank R at most (lora.py).
+    The products with B and A^T go through temporaries of NumPy's, (B*T, out) and (B*T, in)."""
 
     def __init__(self, p: Parameters, g: Parameters, name: str, adapters: Parameters, scale: float):
         super().__init__(p, g, name)  # W, b: frozen, as g holds only the adapters' gradients
@@ -113,7 +128,7 @@ class LoRALinear(Linear):
         n_in, n_out = self.w.shape
         x2, dout2 = x.reshape(-1, n_in), dout.reshape(-1, n_out)  # (B*T, in), (B*T, out)
         # forward was: out += (s * x @ A) @ B with s = scale, so with xa = s * x @ A (B*T, R):
-        xa = x2 @ self.A  # recomputed (B*T x in x R: less than a thousandth of the layer's products)
+        xa = x2 @ self.A  # recomputed: R / out of the cost of x @ W, less than 1% at rank 8
         xa *= self.scale
         np.matmul(xa.T, dout2, out=self.dB)  # dB = xa^T @ dout
         dxa = dout2 @ self.B.T  # d xa = dout @ B^T (B*T, R)
@@ -580,13 +595,14 @@ class GPT:
         idx, targets (B, T); a target of -1 is not scored. The gradients have the names, shapes and
         dtype of ``trainable`` (``params``, or a LoRA model's ``adapters``); they are the model's own
         buffers (views into ``grads.flat``), which the next call overwrites: copy them to keep them.
-        The batch runs in shards, one per core, on threads (parallel.py); the result is the same as in
-        one piece up to the order of float sums. Not thread-safe: one training loop per model.
+        The batch runs in shards on threads, one per core where its work pays for the thread
+        (shard_count; parallel.py); the result is the same as in one piece up to the order of float
+        sums. Not thread-safe: one training loop per model.
         """
         self._not_quantized("loss_and_grads")
         x, y, n = inputs_and_targets(idx, targets, self.config.vocab_size, self.config.n_ctx)
         cfg, (B, T) = self.config, x.shape
-        rows = parallel.shards(B)
+        rows = parallel.shards(B, shard_count(cfg, B, T))
         while len(self._replicas) < len(rows):  # layers over the same weights, gradients of their own
             self._replicas.append(self._replica())
         make_masks = lambda: DropoutMasks(cfg, B, T, self.dtype)  # noqa: E731

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import lora, parallel
+from . import lora
 from .cli_args import (
     CLIError,
     Parser,
@@ -34,7 +34,7 @@ from .config import GPTConfig
 from .fileio import read_text_file
 from .lora import LoRAConfig
 from .memory import available_bytes, gigabytes, training_bytes
-from .model import GPT
+from .model import GPT, shard_count
 from .modeldir import load_model, load_tokenizer, model_directory, read_model_config
 from .run_files import STATE_FILE, read_state_meta
 from .tokenizers import CharTokenizer, Tokenizer, WordTokenizer
@@ -300,9 +300,8 @@ def check_memory(args: argparse.Namespace, cfg: GPTConfig, adapters: LoRAConfig 
     if adapters is None and args.lora_rank:  # --resume of a LoRA run
         adapters = LoRAConfig(args.lora_rank, args.lora_alpha, tuple(args.lora_targets.split(",")))
     trained = None if adapters is None else sum(a * b for a, b in adapters.shapes(cfg).values())
-    args.memory = training_bytes(
-        cfg, args.batch_size, args.block_size, args.grad_accum, len(parallel.shards(args.batch_size)), trained
-    )
+    shards = shard_count(cfg, args.batch_size, args.block_size)
+    args.memory = training_bytes(cfg, args.batch_size, args.block_size, args.grad_accum, shards, trained)
     free = available_bytes()
     if free is not None and args.memory > free:
         raise CLIError(

@@ -13,6 +13,7 @@ from safetensors.numpy import load_file, save_file
 from support import assert_one_line_error, char_model_dir, run_cli
 
 from simple_llm import GPT, AdamW, GPTConfig, lora, parallel
+from simple_llm import model as model_module
 from simple_llm.lora import LoRAConfig
 
 CFG = GPTConfig(vocab_size=29, n_ctx=12, n_embd=16, n_head=2, n_layer=2)
@@ -125,6 +126,7 @@ def test_adapter_gradients_match_autograd_float64(backend):
 @pytest.mark.parametrize("cores", [2, 3])
 def test_lora_shards_add_up_to_the_batch(cores, monkeypatch):
     idx, targets = batch(B=5)
+    monkeypatch.setattr(model_module, "SHARD_FLOPS", 1.0)  # a tiny model would run in one shard
     monkeypatch.setattr(parallel, "cores", lambda: 1)
     loss1, grads1 = lora_model().loss_and_grads(idx, targets)
     whole = grads1.flat.copy()
@@ -132,6 +134,7 @@ def test_lora_shards_add_up_to_the_batch(cores, monkeypatch):
     model = lora_model()
     for _ in range(2):  # the second time the replicas' buffers are reused, not summed
         loss, grads = model.loss_and_grads(idx, targets)
+        assert len(model._replicas) == cores
         assert loss == pytest.approx(loss1, rel=1e-13)
         np.testing.assert_allclose(grads.flat, whole, rtol=1e-11, atol=1e-15)
 

@@ -11,6 +11,7 @@ import pytest
 from support import numgrad, rel_err
 
 from simple_llm import GPT, SGD, AdamW, GPTConfig, clip_grad_norm, lr_at
+from simple_llm import model as model_module
 from simple_llm.params import gpt2_shapes
 
 TINY = dict(vocab_size=11, n_ctx=8, n_embd=8, n_head=2, n_layer=2)
@@ -489,14 +490,36 @@ def test_the_shards_gradients_add_up_to_the_batchs(cores, monkeypatch):
 
     cfg = GPTConfig(vocab_size=13, n_ctx=6, n_embd=8, n_head=2, n_layer=2)
     idx, targets = batch(cfg, B=5, T=6)
+    monkeypatch.setattr(model_module, "SHARD_FLOPS", 1.0)  # a tiny model would run in one shard
     monkeypatch.setattr(parallel, "cores", lambda: 1)
     loss1, grads1 = GPT(cfg, seed=2, dtype=np.float64).loss_and_grads(idx, targets)
     whole = grads1.flat.copy()
     monkeypatch.setattr(parallel, "cores", lambda: cores)
     model = GPT(cfg, seed=2, dtype=np.float64)
     loss, grads = model.loss_and_grads(idx, targets)
-    assert len(parallel.shards(5)) == cores
+    assert len(parallel.shards(5)) == cores == len(model._replicas)
     assert loss == pytest.approx(loss1, rel=1e-13)
     np.testing.assert_allclose(grads.flat, whole, rtol=1e-11, atol=1e-15)
     loss, grads = model.loss_and_grads(idx, targets)  # again: the replicas' buffers are reused, not summed
     np.testing.assert_allclose(grads.flat, whole, rtol=1e-11, atol=1e-15)
+
+
+def test_a_batch_runs_in_as_many_shards_as_its_work_pays_for(monkeypatch):
+    """One shard per core, but at least SHARD_FLOPS of training work per block in each, and no more
+    shards than rows: seed-tiny's step runs in one piece, shakespeare-cpu's and small's in two."""
+    from simple_llm import parallel
+    from simple_llm.bench import Bench
+    from simple_llm.model import SHARD_FLOPS, shard_count
+
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    for name, n in (("seed-tiny", 1), ("shakespeare-cpu", 2), ("small", 2)):
+        b = Bench.named(name)
+        assert shard_count(b.cfg, b.batch, b.cfg.n_ctx) == n, name
+    cfg = GPTConfig(vocab_size=64, n_ctx=16, n_embd=64, n_head=4, n_layer=2)
+    per_token = 6 * sum(math.prod(s) for s in cfg.shapes().values()) + 12 * 2 * 64 * 16
+    rows = math.ceil(2 * 2 * SHARD_FLOPS / (16 * per_token))  # the fewest rows that pay for 2 shards
+    assert shard_count(cfg, rows, 16) == 2 and shard_count(cfg, rows - 1, 16) == 1
+    monkeypatch.setattr(parallel, "cores", lambda: 8)
+    assert shard_count(cfg, 10_000, 16) == 8 and shard_count(cfg, 3, 16) == 1
+    monkeypatch.setattr(model_module, "SHARD_FLOPS", 1.0)
+    assert shard_count(cfg, 3, 16) == 3  # never more shards than rows
