@@ -24,6 +24,7 @@ import numpy as np
 
 from .fileio import read_text_file
 from .hub import model_directory
+from .lora import is_adapter_directory
 from .modeldir import load_tokenizer
 from .optim import lr_at
 from .train import encode, split
@@ -59,12 +60,17 @@ def main(argv: list[str] | None = None) -> None:
     from transformers import GPT2LMHeadModel
 
     args = parser().parse_args(argv)
+    directory = model_directory(args.init_from)
+    if is_adapter_directory(directory):  # PyTorch continues a whole model: the adapters go into it first
+        raise SystemExit(
+            f"simple_llm.torch_ddp: error: {directory} holds LoRA adapters; merge them into a model first: "
+            f"python -m simple_llm merge --model {directory} --out DIR"
+        )
     cuda = torch.cuda.is_available()
     dist.init_process_group(backend="nccl" if cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     local = int(os.environ.get("LOCAL_RANK", 0))
     device = torch.device(f"cuda:{local}" if cuda else "cpu")
-    directory = model_directory(args.init_from)
     tok = load_tokenizer(directory)
     model = GPT2LMHeadModel.from_pretrained(directory)
     model.to(device)  # type: ignore[arg-type]  # (transformers types .to as its own wrapper)

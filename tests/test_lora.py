@@ -363,3 +363,16 @@ def test_bad_lora_input_is_one_line(tmp_path, base, text_file):
     assert_one_line_error(run_cli("generate", "--model", adapters, "--prompt", "the"), "does not describe")
     (adapters / "adapter_model.safetensors").write_bytes(b"\x00" * 40)
     assert_one_line_error(run_cli("generate", "--model", adapters, "--prompt", "the"), "adapter_model.safetensors")
+
+
+def test_torch_ddp_asks_for_a_merged_model(tmp_path, base, text_file):
+    """The road to PyTorch continues a whole model: adapters are merged first, and it says so."""
+    pytest.importorskip("torch")
+    pytest.importorskip("transformers")
+    from simple_llm import torch_ddp
+
+    adapters = GPT.from_pretrained(base).add_lora(LoRAConfig(2, 2, ("c_attn",), str(base))).save_pretrained(
+        tmp_path / "adapters"
+    )
+    with pytest.raises(SystemExit, match="holds LoRA adapters; merge them into a model first"):
+        torch_ddp.main(["--init-from", str(adapters), "--data", str(text_file), "--out", str(tmp_path / "out")])
