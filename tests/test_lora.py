@@ -275,6 +275,37 @@ def test_a_lora_run_learns_saves_adapters_and_loads_everywhere(tmp_path, base, t
     assert proc.stdout == text
     assert json.loads(proc_eval.stdout)["loss"] == pytest.approx(loss, rel=1e-5)
     assert loss < val[0] - 0.3  # the adapters are applied, not the bare base model
+    chats = [run_cli("chat", "--model", d, "--temperature", "0", input_text="the quick\n") for d in (out, merged)]
+    assert chats[0].returncode == 0 and "Generated text: " in chats[0].stdout, chats[0].stderr
+    assert chats[0].stdout == chats[1].stdout
+    assert explored_probs(out) == pytest.approx(explored_probs(merged), rel=1e-4, abs=1e-6)
+
+
+def explored_probs(directory) -> list[float]:
+    """The probability of each next token of one prompt, as `explore --model DIRECTORY` serves it."""
+    import http.client
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simple_llm", "explore", "--model", str(directory), "--port", "0", "--no-browser"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving http://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() else "")
+        host, port = line.split("//")[1].strip().split(":")
+        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+        conn.request("POST", "/api/analyze", body=json.dumps({"prompt": "the quick"}),
+                     headers={"Content-Type": "application/json"})  # fmt: skip
+        response = conn.getresponse()
+        answer = json.loads(response.read())
+        conn.close()
+        assert response.status == 200, answer
+    finally:
+        proc.send_signal(2)  # Ctrl-C
+        proc.wait(timeout=30)
+    return [float(p["prob_of_next"]) for p in answer["positions"][:-1]]  # each token's probability
 
 
 def test_merged_model_loads_in_transformers(tmp_path, base):
@@ -371,8 +402,10 @@ def test_torch_ddp_asks_for_a_merged_model(tmp_path, base, text_file):
     pytest.importorskip("transformers")
     from simple_llm import torch_ddp
 
-    adapters = GPT.from_pretrained(base).add_lora(LoRAConfig(2, 2, ("c_attn",), str(base))).save_pretrained(
-        tmp_path / "adapters"
+    adapters = (
+        GPT.from_pretrained(base)
+        .add_lora(LoRAConfig(2, 2, ("c_attn",), str(base)))
+        .save_pretrained(tmp_path / "adapters")
     )
     with pytest.raises(SystemExit, match="holds LoRA adapters; merge them into a model first"):
         torch_ddp.main(["--init-from", str(adapters), "--data", str(text_file), "--out", str(tmp_path / "out")])
