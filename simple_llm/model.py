@@ -472,6 +472,8 @@ class GPT:
         layer norms, biases and the position embedding stay float32. This model is unchanged."""
         if self.dtype != np.float32:
             raise ValueError(f"quantize: the model must be float32, not {self.dtype}")
+        if self.lora:  # its weights alone would leave the adapters out
+            raise ValueError("quantize: this model has LoRA adapters; merge_lora() first")
         return GPT._int8(self.config, self.params.items(), kind)
 
     @classmethod

@@ -88,6 +88,17 @@ def test_merge_gives_the_same_logits(backend):
         model.merge_lora()
 
 
+def test_a_lora_model_is_merged_before_it_is_quantized():
+    model = lora_model(dtype=np.float32)
+    with pytest.raises(ValueError, match="merge_lora"):
+        model.quantize("int8")
+    with pytest.raises(ValueError, match="add_lora: this model has LoRA adapters"):
+        model.add_lora(LoRAConfig(2, 2))
+    idx, _ = batch()
+    expected = model.forward(idx)
+    np.testing.assert_allclose(model.merge_lora().quantize("int8").forward(idx), expected, rtol=0.05, atol=0.05)
+
+
 def test_adapter_gradients_match_autograd_float64(backend):
     """Every adapter's gradient equals PyTorch autograd's on the same computation: transformers'
     GPT-2 with x @ W + b + (alpha / R) (x @ A) @ B added by hooks on the targeted Conv1D layers."""
@@ -275,6 +286,8 @@ def test_a_lora_run_learns_saves_adapters_and_loads_everywhere(tmp_path, base, t
     assert proc.stdout == text
     assert json.loads(proc_eval.stdout)["loss"] == pytest.approx(loss, rel=1e-5)
     assert loss < val[0] - 0.3  # the adapters are applied, not the bare base model
+    proc = run_cli("generate", "--model", out, "--prompt", "the quick", "--quantize", "int8", "--max-new-tokens", "4")
+    assert proc.returncode == 0 and proc.stdout.startswith("the quick"), proc.stderr
     chats = [run_cli("chat", "--model", d, "--temperature", "0", input_text="the quick\n") for d in (out, merged)]
     assert chats[0].returncode == 0 and "Generated text: " in chats[0].stdout, chats[0].stderr
     assert chats[0].stdout == chats[1].stdout
