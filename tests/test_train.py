@@ -14,7 +14,7 @@ import time
 import numpy as np
 import pytest
 from safetensors.numpy import load_file
-from support import assert_one_line_error, run_cli
+from support import assert_one_line_error, char_model_dir, run_cli
 
 from simple_llm import GPT, GPTConfig, load_tokenizer
 from simple_llm.cli_args import CLIError
@@ -604,12 +604,40 @@ def test_the_memory_estimate_is_near_the_measured_peak(tmp_path):
                            *args], capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     peak = int(proc.stdout.split("peak ")[1])
-    from simple_llm import parallel
+    from simple_llm.model import shard_count
 
     cfg = GPTConfig(vocab_size=26, n_ctx=192, n_embd=96, n_head=4, n_layer=8)
-    estimate = training_bytes(cfg, 12, 192, 1, len(parallel.shards(12)))
+    estimate = training_bytes(cfg, 12, 192, 1, shard_count(cfg, 12, 192))
     assert f"about {estimate / 2**30:.2f} GB of memory" in proc.stdout
     assert 0.85 < estimate / peak < 1.2, (estimate, peak)  # a layer's activations are 7% of it
+
+
+def test_the_memory_estimate_of_a_lora_run_is_near_its_peak(tmp_path):
+    """A LoRA run on a model whose frozen weights dominate: the estimate counts them once, not four
+    times (weights, gradients, two moments) as a full fine-tune's would."""
+    from simple_llm.lora import LoRAConfig
+    from simple_llm.memory import training_bytes
+    from simple_llm.model import shard_count
+
+    text = tmp_path / "t.txt"
+    text.write_text("".join(chr(97 + i % 26) for i in range(20_000)), encoding="utf-8")
+    base = char_model_dir(tmp_path / "base", text.read_text(), n_ctx=64, n_embd=512, n_head=8, n_layer=8)
+    script = (
+        "import sys; from simple_llm.cli import main; code = main(sys.argv[1:]); "
+        "hwm = next(line for line in open('/proc/self/status') if line.startswith('VmHWM:')); "
+        "print('peak', int(hwm.split()[1]) * 1024); sys.exit(code)"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, "train", "--data", str(text), "--out", str(tmp_path / "r"),
+                           "--init-from", str(base), "--lora-rank", "4", "--batch-size", "2", "--max-steps", "2",
+                           "--eval-steps", "1", "--no-progress"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    peak = int(proc.stdout.split("peak ")[1])
+    cfg = GPTConfig(vocab_size=26, n_ctx=64, n_embd=512, n_head=8, n_layer=8)
+    trained = sum(a * b for a, b in LoRAConfig(4, 4).shapes(cfg).values())
+    estimate = training_bytes(cfg, 2, 64, 1, shard_count(cfg, 2, 64), trained)
+    assert f"about {estimate / 2**30:.2f} GB of memory" in proc.stdout
+    assert 0.8 < estimate / peak < 1.25, (estimate, peak)
+    assert training_bytes(cfg, 2, 64, 1, 1) > 2 * peak  # what a full fine-tune of the same model needs
 
 
 def tiny_trainer(tmp_path, *flags):
