@@ -627,9 +627,10 @@ def test_the_memory_estimate_of_a_lora_run_is_near_its_peak(tmp_path):
         "hwm = next(line for line in open('/proc/self/status') if line.startswith('VmHWM:')); "
         "print('peak', int(hwm.split()[1]) * 1024); sys.exit(code)"
     )
-    proc = subprocess.run([sys.executable, "-c", script, "train", "--data", str(text), "--out", str(tmp_path / "r"),
-                           "--init-from", str(base), "--lora-rank", "4", "--batch-size", "2", "--max-steps", "2",
-                           "--eval-steps", "1", "--no-progress"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    command = [sys.executable, "-c", script, "train", "--data", str(text), "--out", str(tmp_path / "r"),
+               "--init-from", str(base), "--lora-rank", "4", "--batch-size", "2", "--max-steps", "2",
+               "--eval-steps", "1", "--no-progress"]  # fmt: skip
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     peak = int(proc.stdout.split("peak ")[1])
     cfg = GPTConfig(vocab_size=26, n_ctx=64, n_embd=512, n_head=8, n_layer=8)
