@@ -20,7 +20,12 @@ from libc.math cimport log, sqrt
 from libc.stdint cimport int8_t, int64_t
 from libc.stdlib cimport free, malloc
 
+cimport numpy as cnp
+import numpy as np
+
 from _floatmath cimport _exp, _row_dot, _row_max, _row_sum, _sqrt, _tanh
+
+cnp.import_array()
 
 # Every loop runs on the calling thread: the model parallelises over shards of the batch, one
 # thread per core (parallel.py), so a kernel never competes with another thread pool for a core.
@@ -71,6 +76,22 @@ def encoder_backward(floating[:, ::1] dwte, floating[:, ::1] dwpe,
                 for c in range(C):
                     dwte[ix, c] += dout[b, t, c]
                     dwpe[t, c] += dout[b, t, c]
+
+
+def _layout(str fn, *arrays):
+    """(fn, then for each array its address, shape, strides, dtype and whether it is writable), or
+    None when one is not exactly an ndarray: everything simple_llm.kernels' layout checks depend on,
+    read in about 0.2 us an array, so that a layout once checked is not checked again. (Not a kernel:
+    a helper of the checks, with a slower Python twin in kernels.py.)"""
+    cdef list key = [fn]
+    cdef cnp.ndarray a
+    for x in arrays:
+        if type(x) is not np.ndarray:
+            return None
+        a = <cnp.ndarray>x
+        key.append((<size_t>cnp.PyArray_DATA(a), x.shape, x.strides, cnp.PyArray_TYPE(a),
+                    cnp.PyArray_ISWRITEABLE(a)))
+    return tuple(key)
 
 
 # ----------------------------------------------------------------------------------------------

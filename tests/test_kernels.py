@@ -509,3 +509,33 @@ def test_the_widest_simd_level_the_cpu_runs_is_chosen_and_can_be_capped():
     ]
     wrong = _simd_in_a_fresh_process(SIMPLE_LLM_SIMD="avx9")
     assert wrong.returncode != 0 and "SIMPLE_LLM_SIMD must be one of baseline, avx2, avx512, not 'avx9'" in wrong.stderr
+
+
+def test_a_layout_checked_once_is_still_checked_for_what_changes(backend):
+    """The checks remember layouts that passed (kernels._CHECKED): what the memo keys on (address,
+    shape, strides, dtype, writability) is checked again when it changes, and the values (token
+    ids, numbers) at every call."""
+    V, C, B, T = 7, 4, 2, 3
+    out, wte, wpe = np.zeros((B, T, C)), rand(V, C), rand(T, C)
+    idx = np.zeros((B, T), dtype=np.int64)
+    kernels.encoder_forward(out, idx, wte, wpe)
+    kernels.encoder_forward(out, idx, wte, wpe)  # remembered
+    idx[1, 2] = V  # the same array, a value out of range
+    with pytest.raises(ValueError, match="idx holds values outside"):
+        kernels.encoder_forward(out, idx, wte, wpe)
+    idx[1, 2] = 0
+    out.flags.writeable = False  # the same buffer, now read-only
+    with pytest.raises(ValueError, match="out is read-only"):
+        kernels.encoder_forward(out, idx, wte, wpe)
+    with pytest.raises(ValueError, match="dtype"):  # the same memory seen as float32
+        kernels.encoder_forward(np.zeros((B, T, 2 * C)).view(np.float32)[:, :, :C], idx, wte, wpe)
+    x, w, b = rand(5, C), np.ones(C), np.zeros(C)
+    mean, rstd = np.zeros(5), np.zeros(5)
+    kernels.layernorm_forward(x, mean, rstd, x.copy(), w, b, 1e-5)
+    with pytest.raises(ValueError, match="eps"):  # a number: checked at every call
+        kernels.layernorm_forward(x, mean, rstd, x.copy(), w, b, -1.0)
+    with pytest.raises(ValueError, match="overlaps"):  # out over its own input: another layout
+        kernels.layernorm_forward(x, mean, rstd, x, w, b, 1e-5)
+    assert kernels._layout("f", x, [1.0]) is None and kernels._py_layout("f", x, None) is None
+    assert kernels._layout("f", x, w[::2]) == kernels._py_layout("f", x, w[::2])  # the compiled key is the same
+    assert kernels._layout("f", x) != kernels._layout("f", x[:, ::2]) != kernels._layout("g", x[:, ::2])
