@@ -487,14 +487,17 @@ def q8_matmul(out: np.ndarray, x: np.ndarray, q: np.ndarray, scales: np.ndarray,
     last block of a row is shorter when n_out is not a multiple of 32), scales (n_in, ceil(n_out / 32));
     bias (n_out,) or None."""
     fn = "q8_matmul"
-    n_in, n_out = _q8(fn, "weight", (q, scales), (None, None))
-    _check(fn, np.float32, x=(x, (None, n_in)))
-    _check(fn, np.float32, out=(out, (x.shape[0], n_out)))
-    if bias is not None:
-        _check(fn, np.float32, bias=(bias, (n_out,)))
-    _writable(fn, out=out)
-    inputs = dict(x=x, q=q, scales=scales) | ({} if bias is None else {"bias": bias})
-    _separate(fn, ("out",), (), out=out, **inputs)
+    key = _layout(fn, out, x, q, scales, *(() if bias is None else (bias,)))
+    if key not in _CHECKED:  # a layout that passed once passes again
+        n_in, n_out = _q8(fn, "weight", (q, scales), (None, None))
+        _check(fn, np.float32, x=(x, (None, n_in)))
+        _check(fn, np.float32, out=(out, (x.shape[0], n_out)))
+        if bias is not None:
+            _check(fn, np.float32, bias=(bias, (n_out,)))
+        _writable(fn, out=out)
+        inputs = dict(x=x, q=q, scales=scales) | ({} if bias is None else {"bias": bias})
+        _separate(fn, ("out",), (), out=out, **inputs)
+        _checked(key)
     impl.q8_matmul(out, x, q, scales, bias)
 
 
