@@ -42,13 +42,17 @@ DECODE_THREADS_FROM = 4 << 20  # bytes of weights from which a decode step runs 
 SHARD_FLOPS = 250e6
 
 
+def block_flops(cfg: GPTConfig, B: int, T: int) -> float:
+    """Training FLOPs of a batch of B x T tokens per block (nanoGPT's estimate of a step, 6 N + 12 L C T
+    a token, over n_layer)."""
+    n_params = sum(math.prod(shape) for shape in cfg.shapes().values())
+    return B * T * (6 * n_params + 12 * cfg.n_layer * cfg.n_embd * T) / cfg.n_layer
+
+
 def shard_count(cfg: GPTConfig, B: int, T: int) -> int:
     """How many shards (threads) a training batch of B x T tokens runs in: one per core, but no more
     than its work pays for (SHARD_FLOPS a block each), nor than its B rows."""
-    C, L = cfg.n_embd, cfg.n_layer
-    n_params = sum(math.prod(shape) for shape in cfg.shapes().values())
-    flops = B * T * (6 * n_params + 12 * L * C * T)  # nanoGPT's estimate of a training step
-    return max(1, min(parallel.cores(), B, int(flops / (L * SHARD_FLOPS))))
+    return max(1, min(parallel.cores(), B, int(block_flops(cfg, B, T) / SHARD_FLOPS)))
 
 
 class LayerNorm:
@@ -612,7 +616,10 @@ class GPT:
             for mask in masks.all() if masks else []:
                 dropout_mask(mask, cfg.dropout, self.rng)
             shard = lambda k: self._replicas[k]._shard_backward(x[rows[k]], y[rows[k]], n, masks, rows[k])  # noqa: E731
-            losses = parallel.run(shard, len(rows))
+            # work too small for two shards is too small for BLAS's own threads too (8% of seed-tiny's
+            # step); one large row (a GPT-2 fine-tune at batch 1) keeps them
+            small = block_flops(cfg, B, T) < SHARD_FLOPS
+            losses = parallel.run(shard, len(rows), one_blas_thread=small)
         for replica in self._replicas[1 : len(rows)]:
             self.grads.flat += replica.grads.flat  # the shards' gradients add up to the batch's
         return float(sum(losses) / n), self.grads

@@ -72,11 +72,15 @@ def _threadpool_controller() -> Any:
     return ThreadpoolController()
 
 
-def run(task: Callable[[int], T], n: int) -> list[T]:
-    """[task(0), ..., task(n - 1)], each on its own thread (task 0 on the caller's)."""
+def run(task: Callable[[int], T], n: int, one_blas_thread: bool = False) -> list[T]:
+    """[task(0), ..., task(n - 1)], each on its own thread (task 0 on the caller's), NumPy's BLAS on
+    one thread while they run; a single task keeps BLAS's own threads unless one_blas_thread."""
     global _pool
     if n == 1:
-        return [task(0)]
+        if not one_blas_thread:
+            return [task(0)]
+        with single_threaded_blas():
+            return [task(0)]
     with _lock:
         if _pool is None or _pool._max_workers < n - 1:
             _pool = ThreadPoolExecutor(max_workers=n - 1, thread_name_prefix="simple_llm-shard")

@@ -523,3 +523,28 @@ def test_a_batch_runs_in_as_many_shards_as_its_work_pays_for(monkeypatch):
     assert shard_count(cfg, 10_000, 16) == 8 and shard_count(cfg, 3, 16) == 1
     monkeypatch.setattr(model_module, "SHARD_FLOPS", 1.0)
     assert shard_count(cfg, 3, 16) == 3  # never more shards than rows
+
+
+@pytest.mark.parametrize("n_embd, batch, limited", [(16, 4, True), (512, 1, False)])
+def test_blas_keeps_its_threads_only_for_work_that_pays_for_them(monkeypatch, n_embd, batch, limited):
+    """A batch too small for two shards runs with NumPy's BLAS on one thread; one large row (a GPT-2
+    fine-tune at batch 1) keeps BLAS's own threads for its big products."""
+    from contextlib import contextmanager
+
+    from simple_llm import parallel
+    from simple_llm.model import SHARD_FLOPS, block_flops
+
+    entered = []
+
+    @contextmanager
+    def recording():
+        entered.append(True)
+        yield
+
+    monkeypatch.setattr(parallel, "single_threaded_blas", recording)
+    monkeypatch.setattr(parallel, "cores", lambda: 2)
+    cfg = GPTConfig(vocab_size=50, n_ctx=64, n_embd=n_embd, n_head=4, n_layer=2)
+    assert (block_flops(cfg, batch, 64) < SHARD_FLOPS) == limited
+    idx = np.random.default_rng(0).integers(0, 50, (batch, 64))
+    GPT(cfg).loss_and_grads(idx, idx)
+    assert bool(entered) == limited
