@@ -28,7 +28,7 @@ import numpy as np
 from . import fallback, kernels, parallel
 from .cli_args import Parser, command_parser, positive_int
 from .config import GPTConfig
-from .model import GPT
+from .model import GPT, flops_per_token
 from .optim import AdamW
 from .parallel import cores
 
@@ -58,11 +58,8 @@ class Bench:
         return ",".join(map(str, CONFIGS[self.name]))
 
     def flops_per_token(self) -> float:
-        """Training FLOPs per token: 6 per parameter (forward 2, backward 4) plus attention's
-        12 * L * C * T (PaLM's estimate, as nanoGPT's estimate_mfu)."""
-        c = self.cfg
-        n_params = sum(int(np.prod(s)) for s in c.shapes().values())
-        return 6.0 * n_params + 12.0 * c.n_layer * c.n_embd * c.n_ctx
+        """Training FLOPs per token (model.flops_per_token) at the configuration's context."""
+        return flops_per_token(self.cfg, self.cfg.n_ctx)
 
     def generation_config(self, new_tokens: int) -> GPTConfig:
         """The bench's model with room for the 1-token prompt and the new tokens."""

@@ -42,17 +42,26 @@ DECODE_THREADS_FROM = 4 << 20  # bytes of weights from which a decode step runs 
 SHARD_FLOPS = 250e6
 
 
-def block_flops(cfg: GPTConfig, B: int, T: int) -> float:
-    """Training FLOPs of a batch of B x T tokens per block (nanoGPT's estimate of a step, 6 N + 12 L C T
-    a token, over n_layer)."""
+def flops_per_token(cfg: GPTConfig, T: int) -> float:
+    """Training FLOPs per token at T tokens a row: 6 per parameter (forward 2, backward 4) plus
+    attention's 12 L C T (PaLM's estimate, as nanoGPT's estimate_mfu)."""
     n_params = sum(math.prod(shape) for shape in cfg.shapes().values())
-    return B * T * (6 * n_params + 12 * cfg.n_layer * cfg.n_embd * T) / cfg.n_layer
+    return 6.0 * n_params + 12.0 * cfg.n_layer * cfg.n_embd * T
+
+
+def block_flops(cfg: GPTConfig, B: int, T: int) -> float:
+    """Training FLOPs of a batch of B x T tokens, per block."""
+    return B * T * flops_per_token(cfg, T) / cfg.n_layer
 
 
 def shard_count(cfg: GPTConfig, B: int, T: int) -> int:
     """How many shards (threads) a training batch of B x T tokens runs in: one per core, but no more
     than its work pays for (SHARD_FLOPS a block each), nor than its B rows."""
-    return max(1, min(parallel.cores(), B, int(block_flops(cfg, B, T) / SHARD_FLOPS)))
+    return _shards_for(block_flops(cfg, B, T), B)
+
+
+def _shards_for(work: float, B: int) -> int:
+    return max(1, min(parallel.cores(), B, int(work / SHARD_FLOPS)))
 
 
 class LayerNorm:
@@ -608,7 +617,8 @@ class GPT:
         self._not_quantized("loss_and_grads")
         x, y, n = inputs_and_targets(idx, targets, self.config.vocab_size, self.config.n_ctx)
         cfg, (B, T) = self.config, x.shape
-        rows = parallel.shards(B, shard_count(cfg, B, T))
+        work = block_flops(cfg, B, T)
+        rows = parallel.shards(B, _shards_for(work, B))
         while len(self._replicas) < len(rows):  # layers over the same weights, gradients of their own
             self._replicas.append(self._replica())
         make_masks = lambda: DropoutMasks(cfg, B, T, self.dtype)  # noqa: E731
@@ -618,8 +628,7 @@ class GPT:
             shard = lambda k: self._replicas[k]._shard_backward(x[rows[k]], y[rows[k]], n, masks, rows[k])  # noqa: E731
             # work too small for two shards is too small for BLAS's own threads too (8% of seed-tiny's
             # step); one large row (a GPT-2 fine-tune at batch 1) keeps them
-            small = block_flops(cfg, B, T) < SHARD_FLOPS
-            losses = parallel.run(shard, len(rows), one_blas_thread=small)
+            losses = parallel.run(shard, len(rows), one_blas_thread=work < SHARD_FLOPS)
         for replica in self._replicas[1 : len(rows)]:
             self.grads.flat += replica.grads.flat  # the shards' gradients add up to the batch's
         return float(sum(losses) / n), self.grads

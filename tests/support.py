@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -71,6 +72,24 @@ def run_cli(*args, input_text=None, env=None, timeout=300, cwd=None):
         timeout=timeout,
         cwd=cwd,
     )
+
+
+@contextmanager
+def explore_process(model):
+    """`python -m simple_llm explore --model MODEL --port 0 --no-browser` in a process of its own:
+    yields ((host, port), the process) once it has said where it serves; Ctrl-C stops it on the way out."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "simple_llm", "explore", "--model", str(model), "--port", "0", "--no-browser"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline()
+        assert line.startswith("serving http://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() else "")
+        host, port = line.split("//")[1].strip().split(":")
+        yield (host, int(port)), proc
+    finally:
+        proc.send_signal(2)  # Ctrl-C
+        proc.wait(timeout=30)
 
 
 def assert_one_line_error(proc, *fragments, code=2):

@@ -11,7 +11,7 @@ from itertools import pairwise
 
 import numpy as np
 import pytest
-from support import assert_one_line_error, char_model_dir, run_cli
+from support import assert_one_line_error, char_model_dir, explore_process, run_cli
 
 from simple_llm import GPT, CharTokenizer, GPTConfig
 from simple_llm.explore import serve
@@ -267,21 +267,8 @@ def test_a_long_generation_does_not_block_the_model_route(server):
 
 
 def test_the_command_prints_where_it_serves_and_refuses_bad_input(model_dir, tmp_path):
-    import subprocess
-    import sys
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "simple_llm", "explore", "--model", str(model_dir), "--port", "0", "--no-browser"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("serving http://127.0.0.1:"), line
-        host, port = line.split("//")[1].strip().split(":")
-        assert request((host, int(port)), "GET", "/api/model")[0] == 200
-    finally:
-        proc.send_signal(2)  # Ctrl-C
-        proc.wait(timeout=30)
+    with explore_process(model_dir) as (address, proc):
+        assert request(address, "GET", "/api/model")[0] == 200
     assert proc.returncode == 0 and "Traceback" not in proc.stderr.read()
     assert_one_line_error(run_cli("explore", "--model", tmp_path / "none"), "simple_llm explore: error:")
     assert_one_line_error(run_cli("explore", "--model", model_dir, "--port", "70000"), "not a port number")

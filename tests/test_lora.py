@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
-from support import assert_one_line_error, char_model_dir, run_cli
+from support import assert_one_line_error, char_model_dir, explore_process, run_cli
 
 from simple_llm import GPT, AdamW, GPTConfig, lora, parallel
 from simple_llm import model as model_module
@@ -297,27 +297,15 @@ def test_a_lora_run_learns_saves_adapters_and_loads_everywhere(tmp_path, base, t
 def explored_probs(directory) -> list[float]:
     """The probability of each next token of one prompt, as `explore --model DIRECTORY` serves it."""
     import http.client
-    import subprocess
-    import sys
 
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "simple_llm", "explore", "--model", str(directory), "--port", "0", "--no-browser"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    try:
-        line = proc.stdout.readline()
-        assert line.startswith("serving http://127.0.0.1:"), (line, proc.stderr.read() if proc.poll() else "")
-        host, port = line.split("//")[1].strip().split(":")
-        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+    with explore_process(directory) as (address, _):
+        conn = http.client.HTTPConnection(*address, timeout=30)
         conn.request("POST", "/api/analyze", body=json.dumps({"prompt": "the quick"}),
                      headers={"Content-Type": "application/json"})  # fmt: skip
         response = conn.getresponse()
         answer = json.loads(response.read())
         conn.close()
         assert response.status == 200, answer
-    finally:
-        proc.send_signal(2)  # Ctrl-C
-        proc.wait(timeout=30)
     return [float(p["prob_of_next"]) for p in answer["positions"][:-1]]  # each token's probability
 
 
