@@ -483,6 +483,19 @@ def test_every_parameter_starts_as_gpt2s():
             assert abs(p.std() / std - 1) < 0.03 and abs(p.mean()) < 0.1 * std, (name, p.std(), std)
 
 
+def test_a_step_leaves_nothing_in_the_gradients_of_the_next(backend):
+    """The backward zeroes only what it adds into (layer norms, wpe): whatever it skips must be written
+    whole, so a step's gradients are those a fresh model gives on the same batch, to the bit."""
+    cfg = GPTConfig(**TINY)
+    first, second = batch(cfg, B=3, T=8, seed=1), batch(cfg, B=3, T=8, seed=2)
+    model, fresh = GPT(cfg, seed=4, dtype=np.float64), GPT(cfg, seed=4, dtype=np.float64)
+    model.loss_and_grads(*first)
+    _, grads = model.loss_and_grads(*second)
+    _, want = fresh.loss_and_grads(*second)
+    for name in want:
+        assert np.array_equal(grads[name], want[name]), name
+
+
 @pytest.mark.parametrize("cores", [2, 3, 5])
 def test_the_shards_gradients_add_up_to_the_batchs(cores, monkeypatch):
     """However many shards the batch is cut into, every shard's gradient counts once (float64)."""
