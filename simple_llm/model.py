@@ -16,7 +16,7 @@ import math
 import os
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import nullcontext
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +62,15 @@ def shard_count(cfg: GPTConfig, B: int, T: int) -> int:
 
 def _shards_for(work: float, B: int) -> int:
     return max(1, min(parallel.cores(), B, int(work / SHARD_FLOPS)))
+
+
+@lru_cache(maxsize=32)  # one per shard row count and dtype in use
+def ones(n: int, dtype: np.dtype) -> np.ndarray:
+    """n ones, read-only: a bias's gradient, the sum of dout's rows, is ones @ dout, a BLAS product
+    (at seed-tiny's 128 rows 1.7 us where np.sum(axis=0) took 4.8)."""
+    v = np.ones(n, dtype)
+    v.flags.writeable = False
+    return v
 
 
 class LayerNorm:
@@ -111,7 +120,7 @@ class Linear:
         np.matmul(dout2, self.w.T, out=dx.reshape(-1, n_in))  # forward was: out = x @ w, so dx = dout @ w^T
         if self.dw is not None:
             np.matmul(x2.T, dout2, out=self.dw)  # dw = x^T @ dout
-            np.sum(dout2, axis=0, out=self.db)  # the bias was added to every row
+            np.matmul(ones(len(dout2), dout2.dtype), dout2, out=self.db)  # the bias was added to every row
 
 
 class LoRALinear(Linear):
