@@ -153,6 +153,25 @@ class KVCache:
         self.length = 0
 
 
+class Workspace:
+    """Arrays for the passing products of a layer (LoRA's), by name, shape and dtype, reused from call
+    to call: one per model replica, shared by its layers, which run one after another. Each thread
+    has its own (two threads may run one model's forward at once); at most `keep` are kept a thread."""
+
+    def __init__(self, keep: int = 16):
+        self.keep = keep
+        self._local = threading.local()
+
+    def get(self, name: str, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+        arrays = self._local.__dict__.setdefault("arrays", {})
+        key = (name, shape, np.dtype(dtype))
+        if key not in arrays:
+            if len(arrays) >= self.keep:  # (a bound: ever new batch shapes)
+                arrays.clear()
+            arrays[key] = np.empty(shape, dtype)
+        return arrays[key]
+
+
 class BufferPool:
     """Buffers lent to one call at a time, by key (a batch shape).
 

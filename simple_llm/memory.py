@@ -27,8 +27,9 @@ def training_bytes(
     per_trained = 3 + (shards - 1) + (grad_accum > 1)
     if trained is None:
         weights = P * (1 + per_trained)
-    else:  # frozen weights, the adapters, and LoRALinear's temporaries: at most (B*T, 4C) at a time
-        weights = P + trained * (1 + per_trained) + shards * B * T * 4 * C
+    else:  # frozen weights, the adapters, and each shard's Workspace for LoRALinear's products: one
+        # (B*T, width) array per width its layers give out (3C, C, 4C) or take in (C, 4C), 13C at most
+        weights = P + trained * (1 + per_trained) + shards * B * T * 13 * C
     att = B * NH * T * T
     dropout = cfg.dropout > 0
     # a block's LayerActivations: ln1, atty, resid2, ln2 (C each), qkv (3C), fch, tanh, gelu (4C each)

@@ -25,7 +25,16 @@ from numpy.typing import ArrayLike, DTypeLike
 
 from . import checkpoint, hub, int8, lora, parallel
 from . import kernels as K
-from .activations import Activations, BufferPool, DropoutMasks, KVCache, LayerActivations, Scratch, trace_steps
+from .activations import (
+    Activations,
+    BufferPool,
+    DropoutMasks,
+    KVCache,
+    LayerActivations,
+    Scratch,
+    Workspace,
+    trace_steps,
+)
 from .config import GPTConfig
 from .generation import GenerationStep, generate_tokens
 from .inputs import inputs_and_targets, token_ids
@@ -127,37 +136,42 @@ class LoRALinear(Linear):
     """y = x @ W + b + (alpha / R) * (x @ A) @ B: a frozen Linear beside LoRA's two trained adapters,
     A (in, R) and B (R, out). B starts at zero, so a LoRA run starts from the frozen model exactly;
     (alpha / R) * A @ B is the change to W that training learns, of rank R at most (lora.py).
-    The products with B and A^T go through temporaries of NumPy's, (B*T, out) and (B*T, in)."""
+    The products in between go into the replica's Workspace, the same arrays at every step."""
 
-    def __init__(self, p: Parameters, g: Parameters, name: str, adapters: Parameters, scale: float):
+    def __init__(self, p: Parameters, g: Parameters, name: str, adapters: Parameters, scale: float, work: Workspace):
         super().__init__(p, g, name)  # W, b: frozen, as g holds only the adapters' gradients
         self.A, self.B = adapters[name + ".lora_A"], adapters[name + ".lora_B"]  # (in, R), (R, out)
         self.dA, self.dB = g[name + ".lora_A"], g[name + ".lora_B"]
         self.scale = scale  # alpha / R
+        self.work = work
+
+    def _xa(self, x2):
+        """xa = scale * x @ A (B*T, R): R is small, so this product is cheap."""
+        xa = np.matmul(x2, self.A, out=self.work.get("xa", (len(x2), self.A.shape[1]), x2.dtype))
+        xa *= self.scale
+        return xa
 
     def forward(self, out, x):
         """out (B, T, out) = x @ W + b + scale * (x @ A) @ B."""
         super().forward(out, x)
         n_in, n_out = self.w.shape
-        xa = x.reshape(-1, n_in) @ self.A  # (B*T, R): R is small, so this and the next are cheap
-        xa *= self.scale
+        xa = self._xa(x.reshape(-1, n_in))
         y = out.reshape(-1, n_out)  # a view: out is contiguous
-        y += xa @ self.B
+        y += np.matmul(xa, self.B, out=self.work.get("out", y.shape, y.dtype))
 
     def backward(self, dx, dout, x):
         """Writes dx (B, T, in), dA and dB."""
         super().backward(dx, dout, x)  # dx = dout @ W^T; W and b are frozen
         n_in, n_out = self.w.shape
         x2, dout2 = x.reshape(-1, n_in), dout.reshape(-1, n_out)  # (B*T, in), (B*T, out)
-        # forward was: out += (s * x @ A) @ B with s = scale, so with xa = s * x @ A (B*T, R):
-        xa = x2 @ self.A  # recomputed: R / out of the cost of x @ W, less than 1% at rank 8
-        xa *= self.scale
+        # forward was: out += xa @ B with xa = s * x @ A, s = scale (B*T, R), so:
+        xa = self._xa(x2)  # recomputed: R / out of the cost of x @ W, less than 1% at rank 8
         np.matmul(xa.T, dout2, out=self.dB)  # dB = xa^T @ dout
-        dxa = dout2 @ self.B.T  # d xa = dout @ B^T (B*T, R)
+        dxa = np.matmul(dout2, self.B.T, out=self.work.get("dxa", xa.shape, xa.dtype))  # d xa = dout @ B^T
         dxa *= self.scale  # and xa = s * (x @ A): d (x @ A) = s * d xa
         np.matmul(x2.T, dxa, out=self.dA)  # dA = x^T @ d (x @ A)
         dx2 = dx.reshape(-1, n_in)
-        dx2 += dxa @ self.A.T  # dx += d (x @ A) @ A^T
+        dx2 += np.matmul(dxa, self.A.T, out=self.work.get("in", dx2.shape, dx2.dtype))  # dx += d (x @ A) @ A^T
 
 
 def dropout_mask(mask, p, rng):
@@ -385,8 +399,9 @@ class GPT:
         else:
             if self.lora and self.adapters is not None:  # g holds the adapters' gradients only: the rest is frozen
                 adapters, scale, targets = self.adapters, self.lora.scale, set(self.lora.layers(cfg.n_layer))
+                work = Workspace()
                 linear = lambda p, g, name: (  # noqa: E731
-                    LoRALinear(p, g, name, adapters, scale) if name in targets else Linear(p, g, name)
+                    LoRALinear(p, g, name, adapters, scale, work) if name in targets else Linear(p, g, name)
                 )
             self.embedding = Embedding(p, g)
             self.h = [Block(p, g, i, cfg, linear) for i in range(cfg.n_layer)]

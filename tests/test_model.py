@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from support import numgrad, rel_err
 
-from simple_llm import GPT, SGD, AdamW, GPTConfig, clip_grad_norm, lr_at
+from simple_llm import GPT, SGD, AdamW, GPTConfig, clip_grad_norm, fallback, lr_at
 from simple_llm import model as model_module
 from simple_llm.params import gpt2_shapes
 
@@ -312,7 +312,7 @@ def test_training_step_allocates_no_large_arrays(backend):
     finally:
         tracemalloc.stop()
     smallest_activation = 4 * 64 * 64 * 4  # one (B, T, C) float32 buffer
-    if backend.__name__.endswith("_kernels"):
+    if backend is not fallback:  # any compiled build (the fallback makes temporaries of its own)
         # what remains is NumPy's own: a product written into a strided view of the heads goes
         # through a temporary, half a (B, T, C) buffer per shard, and the shards run at once
         assert peak - base < 2 * smallest_activation, peak - base
