@@ -45,3 +45,20 @@ def test_bench_quick_compares_with_pytorch_and_transformers():
     assert re.search(rf"train +\w+ +{NUMBER} tokens/s .*\({NUMBER}x PyTorch\)", out), out
     assert re.search(rf"train +torch +{NUMBER} tokens/s", out), out
     assert re.search(rf"generate +hf +{NUMBER} tokens/s .*ours {NUMBER}x", out), out
+
+
+def test_a_machine_limit_is_its_best_run_and_a_step_its_median(monkeypatch):
+    """Noise only slows a run down, so the GEMM rate and the bandwidth (the MFU's and the rooflines'
+    denominators) take the fastest run; a contender's step time takes the median."""
+    from simple_llm import bench
+
+    def clock(*ticks):
+        it = iter(ticks)
+        monkeypatch.setattr(bench.time, "perf_counter", lambda: next(it))
+
+    calls = []
+    clock(0, 5, 10, 11, 20, 23)  # three timed runs: 5, 1 and 3 seconds
+    assert bench.best_time(lambda: calls.append(1), 3) == 1
+    assert len(calls) == 4  # one warm-up call, untimed
+    clock(0, 5, 10, 11, 20, 23)
+    assert bench.median_time(lambda: None, 3) == 3
