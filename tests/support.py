@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tracemalloc
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -120,3 +121,18 @@ def numgrad(f, x, eps=1e-6):
 def rel_err(a, b):
     """|a - b| / (|a| + |b|) over whole tensors."""
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(a) + np.linalg.norm(b), 1e-30))
+
+
+def step_allocations(model, opt, idx, targets, steps: int = 3) -> tuple[int, int]:
+    """(peak, kept): bytes allocated at the peak of `steps` training steps after a first one, and
+    bytes still held after them, both above what was held before them (tracemalloc)."""
+    opt.step(model.loss_and_grads(idx, targets)[1])
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(steps):
+            opt.step(model.loss_and_grads(idx, targets)[1])
+        current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    return peak - base, current - base

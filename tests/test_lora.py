@@ -10,7 +10,7 @@ import math
 import numpy as np
 import pytest
 from safetensors.numpy import load_file, save_file
-from support import assert_one_line_error, char_model_dir, explore_process, run_cli
+from support import assert_one_line_error, char_model_dir, explore_process, run_cli, step_allocations
 
 from simple_llm import GPT, AdamW, GPTConfig, fallback, lora, parallel
 from simple_llm import model as model_module
@@ -153,25 +153,13 @@ def test_lora_shards_add_up_to_the_batch(cores, monkeypatch):
 def test_a_lora_step_allocates_no_large_arrays(backend):
     """After the first step, the adapters' products reuse their arrays: a LoRA step allocates no
     (B*T, out) or (B*T, in) array, as a full one allocates none."""
-    import tracemalloc
-
     cfg = GPTConfig(vocab_size=29, n_ctx=64, n_embd=64, n_head=4, n_layer=2)
     model = GPT(cfg, seed=1).add_lora(LoRAConfig(4, 8.0, ALL), seed=1)
-    opt = AdamW(model.trainable, lr=1e-3)
-    idx, targets = batch(cfg, B=4, T=64)
-    opt.step(model.loss_and_grads(idx, targets)[1])
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        for _ in range(3):
-            opt.step(model.loss_and_grads(idx, targets)[1])
-        current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak, kept = step_allocations(model, AdamW(model.trainable, lr=1e-3), *batch(cfg, B=4, T=64))
     smallest_product = 4 * 64 * 64 * 4  # x @ A @ B of c_proj: a (B*T, C) float32 array
     if backend is not fallback:  # (NumPy's own temporaries: see test_model.py's twin)
-        assert peak - base < 2 * smallest_product, peak - base
-    assert current - base < 64 * 1024  # nothing kept between steps
+        assert peak < 2 * smallest_product, peak
+    assert kept < 64 * 1024  # nothing kept between steps
 
 
 def test_training_moves_only_the_adapters_and_lowers_the_loss(backend):

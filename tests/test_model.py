@@ -4,11 +4,10 @@ and without the key/value cache, buffers that do not grow, and the optimizers.""
 from __future__ import annotations
 
 import math
-import tracemalloc
 
 import numpy as np
 import pytest
-from support import numgrad, rel_err
+from support import numgrad, rel_err, step_allocations
 
 from simple_llm import GPT, SGD, AdamW, GPTConfig, clip_grad_norm, fallback, lr_at
 from simple_llm import model as model_module
@@ -301,22 +300,13 @@ def test_training_step_allocates_no_large_arrays(backend):
     cfg = GPTConfig(vocab_size=65, n_ctx=64, n_embd=64, n_head=4, n_layer=2)
     model = GPT(cfg)
     opt = AdamW(model.params, lr=1e-3)
-    idx, targets = batch(cfg, B=4, T=64)
-    opt.step(model.loss_and_grads(idx, targets)[1])
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        for _ in range(3):
-            opt.step(model.loss_and_grads(idx, targets)[1])
-        current, peak = tracemalloc.get_traced_memory()
-    finally:
-        tracemalloc.stop()
+    peak, kept = step_allocations(model, opt, *batch(cfg, B=4, T=64))
     smallest_activation = 4 * 64 * 64 * 4  # one (B, T, C) float32 buffer
     if backend is not fallback:  # any compiled build (the fallback makes temporaries of its own)
         # what remains is NumPy's own: a product written into a strided view of the heads goes
         # through a temporary, half a (B, T, C) buffer per shard, and the shards run at once
-        assert peak - base < 2 * smallest_activation, peak - base
-    assert current - base < 64 * 1024  # nothing kept between steps
+        assert peak < 2 * smallest_activation, peak
+    assert kept < 64 * 1024  # nothing kept between steps
 
 
 # sampling and dropout, pinned exactly --------------------------------------------------------------
